@@ -1,0 +1,175 @@
+"""In-memory MER data: dialogues with three modalities, speakers, labels and splits; batching."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..config import MODALITIES, MODALITY_NAMES
+
+
+class DataError(ValueError):
+    """A data file or its content is not what it should be; the message says what and where."""
+
+
+@dataclass
+class Dialogue:
+    """One dialogue: features (L, D_m) float32 per modality, speakers (L,) and labels (L,) int64."""
+
+    id: object
+    text: np.ndarray
+    audio: np.ndarray
+    visual: np.ndarray
+    speakers: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def feature(self, m: str) -> np.ndarray:
+        return {"t": self.text, "a": self.audio, "v": self.visual}[m]
+
+
+@dataclass
+class MERData:
+    """A whole feature file: dialogues by id, splits (lists of ids), class names, speaker count."""
+
+    dialogues: Dict[object, Dialogue]
+    splits: Dict[str, List[object]]
+    class_names: Tuple[str, ...]
+    num_speakers: int
+    dataset: str = "custom"
+    layout: str = "native"
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def dims(self) -> Dict[str, int]:
+        first = next(iter(self.dialogues.values()))
+        return {m: int(first.feature(m).shape[1]) for m in MODALITIES}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> List[Dialogue]:
+        if name not in self.splits:
+            raise DataError(f"split {name!r} not in the data; it has {sorted(self.splits)}")
+        return [self.dialogues[i] for i in self.splits[name]]
+
+    def validate(self) -> None:
+        """Check every dialogue: consistent lengths and dims, labels and speakers in range."""
+        if not self.dialogues:
+            raise DataError("the data holds no dialogue")
+        dims = self.dims
+        for d in self.dialogues.values():
+            n = len(d)
+            for m in MODALITIES:
+                x = d.feature(m)
+                if x.ndim != 2 or x.shape[0] != n:
+                    raise DataError(
+                        f"dialogue {d.id!r}: {MODALITY_NAMES[m]} has {x.shape[0] if x.ndim else 0} "
+                        f"utterances but there are {n} labels")
+                if x.shape[1] != dims[m]:
+                    raise DataError(
+                        f"dialogue {d.id!r}: {MODALITY_NAMES[m]} dim {x.shape[1]}, other dialogues "
+                        f"have {dims[m]}")
+                if not np.isfinite(x).all():
+                    raise DataError(f"dialogue {d.id!r}: {MODALITY_NAMES[m]} features hold NaN or inf")
+            if d.speakers.shape != (n,):
+                raise DataError(f"dialogue {d.id!r}: {d.speakers.shape[0]} speakers for {n} utterances")
+            bad = d.labels[(d.labels < 0) | (d.labels >= self.num_classes)]
+            if bad.size:
+                raise DataError(
+                    f"dialogue {d.id!r}: label {int(bad[0])} outside the {self.num_classes} classes "
+                    f"0..{self.num_classes - 1} ({', '.join(self.class_names)})")
+            if n and (d.speakers.min() < 0 or d.speakers.max() >= self.num_speakers):
+                raise DataError(
+                    f"dialogue {d.id!r}: speaker index {int(d.speakers.max())} outside "
+                    f"[0, {self.num_speakers})")
+        for name, ids in self.splits.items():
+            missing = [i for i in ids if i not in self.dialogues]
+            if missing:
+                raise DataError(f"split {name!r} names {len(missing)} unknown dialogue(s), e.g. {missing[0]!r}")
+
+    def feature_stats(self, split: str = "train") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """Per-feature mean and std over the utterances of ``split`` (for the standardisation)."""
+        dialogues = self.split(split) if split in self.splits else list(self.dialogues.values())
+        stats = {}
+        for m in MODALITIES:
+            x = np.concatenate([d.feature(m) for d in dialogues if len(d)], axis=0).astype(np.float64)
+            stats[m] = (x.mean(0).astype(np.float32), x.std(0).astype(np.float32))
+        return stats
+
+    def summary(self) -> List[str]:
+        lines = [f"layout: {self.layout} ({self.dataset})",
+                 "dims: " + ", ".join(f"{MODALITY_NAMES[m]} {d}" for m, d in self.dims.items()),
+                 f"speakers: {self.num_speakers}",
+                 f"classes: {self.num_classes} ({', '.join(self.class_names)})"]
+        for name, ids in self.splits.items():
+            utts = sum(len(self.dialogues[i]) for i in ids)
+            lines.append(f"split {name}: {len(ids)} dialogues, {utts} utterances")
+        counts = Counter()
+        for d in self.dialogues.values():
+            counts.update(d.labels.tolist())
+        hist = ", ".join(f"{self.class_names[c]} {counts.get(c, 0)}" for c in range(self.num_classes))
+        lines.append(f"labels: {hist}")
+        lengths = [len(d) for d in self.dialogues.values()]
+        lines.append(f"dialogue length: min {min(lengths)}, mean {np.mean(lengths):.1f}, max {max(lengths)}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return lines
+
+
+@dataclass
+class Batch:
+    text: torch.Tensor
+    audio: torch.Tensor
+    visual: torch.Tensor
+    speakers: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    ids: List[object]
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.text, self.audio, self.visual, self.speakers,
+                                               self.lengths, self.labels)), ids=self.ids)
+
+    def inputs(self):
+        return self.text, self.audio, self.visual, self.speakers, self.lengths
+
+
+def collate(dialogues: Sequence[Dialogue]) -> Batch:
+    """Right-pad a list of dialogues into one batch (padded labels are -1)."""
+    B = len(dialogues)
+    L = max((len(d) for d in dialogues), default=0)
+    L = max(L, 1)
+    feats = {}
+    for m in MODALITIES:
+        D = dialogues[0].feature(m).shape[1]
+        x = np.zeros((B, L, D), dtype=np.float32)
+        for b, d in enumerate(dialogues):
+            x[b, : len(d)] = d.feature(m)
+        feats[m] = torch.from_numpy(x)
+    speakers = np.zeros((B, L), dtype=np.int64)
+    labels = np.full((B, L), -1, dtype=np.int64)
+    for b, d in enumerate(dialogues):
+        speakers[b, : len(d)] = d.speakers
+        labels[b, : len(d)] = d.labels
+    return Batch(feats["t"], feats["a"], feats["v"], torch.from_numpy(speakers),
+                 torch.tensor([len(d) for d in dialogues], dtype=torch.long),
+                 torch.from_numpy(labels), [d.id for d in dialogues])
+
+
+def iterate_batches(dialogues: Sequence[Dialogue], batch_size: int, *, shuffle: bool = False,
+                    generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
+    order = torch.randperm(len(dialogues), generator=generator).tolist() if shuffle \
+        else list(range(len(dialogues)))
+    for start in range(0, len(order), batch_size):
+        yield collate([dialogues[i] for i in order[start:start + batch_size]])
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
