@@ -1,0 +1,144 @@
+"""``cross_modal_attention``: the fused Triton op behind the same interface as
+``cross_modal_attention_ref`` (autograd Function + functional API)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from .._checks import check_lengths, check_tensor
+from ._common import check_device, dropout_seed, kernel_dtype
+
+MAX_HEAD_DIM = 128
+
+
+def _stacked(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(S, B, Lk_max, H, dh) from S tensors (B, Lk_s, H, dh). No copy when the streams are equally
+    spaced views of one buffer (as the fused CMA layer produces them); else one padded copy."""
+    t0 = ts[0]
+    same = all(t.shape == t0.shape and t.stride() == t0.stride() for t in ts)
+    if same and len(ts) > 1:
+        step = ts[1].data_ptr() - t0.data_ptr()
+        size = t0.element_size()
+        shared = all(t.untyped_storage().data_ptr() == t0.untyped_storage().data_ptr() for t in ts)
+        if shared and step > 0 and step % size == 0 and all(
+                t.data_ptr() - t0.data_ptr() == i * step for i, t in enumerate(ts)):
+            return torch.as_strided(t0, (len(ts),) + tuple(t0.shape), (step // size,) + t0.stride(),
+                                    t0.storage_offset())
+    if len(ts) == 1:
+        return t0.unsqueeze(0)
+    B, _, H, dh = t0.shape
+    lk = max(t.shape[1] for t in ts)
+    out = t0.new_zeros((len(ts), B, lk, H, dh))
+    for s, t in enumerate(ts):
+        out[s, :, : t.shape[1]] = t
+    return out
+
+
+class CrossModalAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed, joint, n_streams,
+                *kvs):
+        from ..kernels.cross_modal_attention import cross_modal_attention_fwd
+
+        ks, vs = kvs[:n_streams], kvs[n_streams:]
+        k, v = _stacked(ks), _stacked(vs)
+        needs_grad = any(ctx.needs_input_grad)
+        out, out_u, lse = cross_modal_attention_fwd(
+            q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed, joint,
+            store_ungated=needs_grad and gates is not None)
+        ctx.save_for_backward(q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths)
+        ctx.cfg = (sm_scale, dropout_p, seed, joint, [t.shape[1] for t in ks])
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        from ..kernels.cross_modal_attention import cross_modal_attention_bwd
+
+        q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths = ctx.saved_tensors
+        sm_scale, dropout_p, seed, joint, lks = ctx.cfg
+        dq, dk, dv, dg = cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths,
+                                                   kv_lengths, sm_scale, dropout_p, seed, joint)
+        dks = [dk[s, :, :lk] for s, lk in enumerate(lks)]
+        dvs = [dv[s, :, :lk] for s, lk in enumerate(lks)]
+        if dg is not None:
+            dg = dg.to(gates.dtype)
+        return (dq, dg, None, None, None, None, None, None, None, *dks, *dvs)
+
+
+def cross_modal_attention(
+    q: torch.Tensor,
+    ks: Sequence[torch.Tensor],
+    vs: Sequence[torch.Tensor],
+    q_lengths: torch.Tensor,
+    kv_lengths: Sequence[torch.Tensor],
+    *,
+    gates: Optional[torch.Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+    joint: bool = False,
+    return_dropout_mask: bool = False,
+):
+    """Fused multi-stream attention with one shared query; the arguments and result of
+    :func:`cmath_fast.reference.cross_modal_attention_ref`, differentiable in q, every k and v,
+    and the gates.
+
+    dropout_p > 0 drops attention probabilities with Philox in the kernel (seed from torch's CPU
+    generator: ``torch.manual_seed`` reproduces it). ``return_dropout_mask=True`` also returns the
+    per-stream multipliers (B, H, Lq, Lk_s) that the reference's ``dropout_mask`` takes.
+    """
+    check_tensor("q", q, ndim=4, floating=True)
+    kernel_dtype("q", q)
+    check_device("q", q)
+    B, Lq, H, dh = q.shape
+    if not 1 <= dh <= MAX_HEAD_DIM:
+        raise ValueError(f"q: head dim must be in [1, {MAX_HEAD_DIM}], got {dh}")
+    if not isinstance(ks, (list, tuple)) or not isinstance(vs, (list, tuple)) \
+            or not isinstance(kv_lengths, (list, tuple)):
+        raise TypeError("ks, vs and kv_lengths must be lists, one entry per stream")
+    S = len(ks)
+    if S < 1 or len(vs) != S or len(kv_lengths) != S:
+        raise ValueError(f"expected the same number (>= 1) of streams in ks, vs and kv_lengths, got "
+                         f"{len(ks)}, {len(vs)}, {len(kv_lengths)}")
+    for name, t in [("q", q)] + [(f"ks[{s}]", ks[s]) for s in range(S)] + \
+            [(f"vs[{s}]", vs[s]) for s in range(S)]:
+        check_tensor(name, t, ndim=4, dtype=q.dtype, device=q.device)
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name}: the last (head) dim must be contiguous, got strides {t.stride()}")
+        if name != "q" and (t.shape[0] != B or t.shape[2] != H or t.shape[3] != dh):
+            raise ValueError(f"{name}: expected shape (B={B}, Lk, H={H}, dh={dh}), got {tuple(t.shape)}")
+    for s in range(S):
+        if vs[s].shape[1] != ks[s].shape[1]:
+            raise ValueError(f"vs[{s}]: expected Lk={ks[s].shape[1]} as ks[{s}], got {vs[s].shape[1]}")
+    check_lengths("q_lengths", q_lengths, B, Lq)
+    for s in range(S):
+        check_lengths(f"kv_lengths[{s}]", kv_lengths[s], B, ks[s].shape[1])
+    if gates is not None:
+        check_tensor("gates", gates, ndim=4, floating=True, device=q.device)
+        if tuple(gates.shape) != (B, Lq, S, H):
+            raise ValueError(f"gates: expected shape {(B, Lq, S, H)}, got {tuple(gates.shape)}")
+        gates = gates.contiguous()
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p: expected a probability in [0, 1), got {dropout_p}")
+
+    scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
+    q_len = q_lengths.to(device=q.device, dtype=torch.int32)
+    kv_len = torch.stack([t.to(device=q.device, dtype=torch.int32) for t in kv_lengths])
+    seed = dropout_seed() if dropout_p > 0 else 0
+    out = CrossModalAttentionFunction.apply(q, gates, q_len, kv_len, scale, float(dropout_p), seed,
+                                            bool(joint), S, *ks, *vs)
+    if not return_dropout_mask:
+        return out
+    return out, dropout_multipliers(B, S, H, Lq, [t.shape[1] for t in ks], dropout_p, seed, q.device)
+
+
+def dropout_multipliers(B: int, S: int, H: int, Lq: int, lks: List[int], dropout_p: float, seed: int,
+                        device) -> List[torch.Tensor]:
+    """The dropout multipliers (keep / (1 - p)) per stream (B, H, Lq, Lk_s) for a seed."""
+    from ..kernels.cross_modal_attention import cross_modal_attention_dropout_mask
+
+    if dropout_p == 0:
+        return [torch.ones(B, H, Lq, lk, device=device) for lk in lks]
+    keep = cross_modal_attention_dropout_mask(B, S, H, Lq, max(lks), dropout_p, seed, device)
+    return [keep[:, s, :, :, :lk].float() / (1.0 - dropout_p) for s, lk in enumerate(lks)]
