@@ -191,15 +191,18 @@ def _cma_fwd_kernel(
 
 @triton.jit(do_not_specialize=_nospec("Lq", "stride_dob", "stride_ob", "stride_gb"))
 def _cma_bwd_preprocess_kernel(
-    DO, O, OU, G, DELTA, DG, QLEN,
+    DO, O, OU, G, DELTA, DG, DOU, QLEN,
     stride_dob, stride_dom, stride_dos, stride_doh,
     stride_ob, stride_om, stride_os, stride_oh,
     stride_gb, stride_gm, stride_gs,
     Lq, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HAS_GATES: tl.constexpr,
 ):
-    """Delta (B, S, H, Lq) fp32 = rowsum(dO_s . O_s) with dO_s = g_s dOut_s, and d(gates)
-    (B, Lq, S, H) fp32 = rowsum(dOut_s . O_s) (O_s ungated). DO, O, OU (B, Lq, S, H, dh).
+    """Delta (B, S, H, Lq) fp32 = rowsum(dO_s . O_s) with dO_s = g_s dOut_s, d(gates)
+    (B, Lq, S, H) fp32 = rowsum(dOut_s . O_s) (O_s ungated), and with gates DOU = dO_s, the
+    gradient of the ungated output (B, Lq, S, H, dh, contiguous) that the two main backward kernels
+    read: gating once here keeps it off their hot loops (and their registers).
+    DO, O, OU (B, Lq, S, H, dh).
 
     This program processes BLOCK_M query rows of one (batch, head) for every stream."""
     pid_m = tl.program_id(0)
@@ -221,6 +224,9 @@ def _cma_bwd_preprocess_kernel(
             dg = tl.sum(do * ou, 1)
             tl.store(DG + b * stride_gb + offs_m * stride_gm + s * stride_gs + h, dg, mask=offs_m < Lq)
             delta = g * dg
+            dou_off = (((b * Lq + offs_m[:, None]) * S + s) * H + h) * dh + offs_d[None, :]
+            tl.store(DOU + dou_off, (do * g[:, None]).to(DOU.dtype.element_ty),
+                     mask=(offs_m < Lq)[:, None] & (offs_d < dh)[None, :])
         else:
             ou = tl.load(O + o_off, mask=mask, other=0.0).to(tl.float32)
             delta = tl.sum(do * ou, 1)
@@ -240,24 +246,23 @@ def _load_delta(DELTA, b, s, h, offs_m, m_ok, Lq, H, S: tl.constexpr, JOINT: tl.
 
 
 @triton.jit(do_not_specialize=_nospec("Lq", "Lk", "stride_qb", "stride_ks", "stride_kb", "stride_vs",
-                                      "stride_vb", "stride_gb", "stride_dob", "stride_dks", "stride_dkb"))
+                                      "stride_vb", "stride_dob", "stride_dks", "stride_dkb"))
 def _cma_bwd_dkdv_kernel(
-    Q, K, V, G, DO, LSE, DELTA, DK, DV, QLEN, KVLEN,
+    Q, K, V, DO, LSE, DELTA, DK, DV, QLEN, KVLEN,
     sm_scale, seed, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
     stride_vs, stride_vb, stride_vn, stride_vh,
-    stride_gb, stride_gm, stride_gs,
     stride_dob, stride_dom, stride_dos, stride_doh,
     stride_dks, stride_dkb, stride_dkn, stride_dkh,
     stride_kvls,
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GATES: tl.constexpr, JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dK, dV (S, B, Lk, H, dh) of one key block. DO (B, Lq, S, H, dh) is the upstream gradient of
-    the gated output; dO_s = g_s DO_s is formed on load.
+    """dK, dV (S, B, Lk, H, dh) of one key block. DO (B, Lq, S, H, dh) is the gradient of the
+    ungated output (the preprocess applied the gates).
 
     This program processes BLOCK_N keys of one (batch, stream, head), looping over query blocks."""
     pid_n = tl.program_id(0)
@@ -293,10 +298,6 @@ def _cma_bwd_dkdv_kernel(
         if UPCAST:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
-        if HAS_GATES:
-            g = tl.load(G + b * stride_gb + offs_m * stride_gm + s * stride_gs + h, mask=m_ok,
-                        other=0.0).to(tl.float32)
-            do = (do.to(tl.float32) * g[:, None]).to(q.dtype)
         lse = tl.load(LSE + row * Lq + offs_m, mask=m_ok, other=1.0e30)
         qkT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         pT = tl.where(n_ok[:, None] & m_ok[None, :], tl.exp2(qkT - lse[None, :]), 0.0)
@@ -319,20 +320,19 @@ def _cma_bwd_dkdv_kernel(
 
 
 @triton.jit(do_not_specialize=_nospec("Lq", "Lk", "stride_qb", "stride_ks", "stride_kb", "stride_vs",
-                                      "stride_vb", "stride_gb", "stride_dob", "stride_dqb"))
+                                      "stride_vb", "stride_dob", "stride_dqb"))
 def _cma_bwd_dq_kernel(
-    Q, K, V, G, DO, LSE, DELTA, DQ, QLEN, KVLEN,
+    Q, K, V, DO, LSE, DELTA, DQ, QLEN, KVLEN,
     sm_scale, seed, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
     stride_vs, stride_vb, stride_vn, stride_vh,
-    stride_gb, stride_gm, stride_gs,
     stride_dob, stride_dom, stride_dos, stride_doh,
     stride_dqb, stride_dqm, stride_dqh,
     stride_kvls,
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_GATES: tl.constexpr, JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dQ (B, Lq, H, dh) of one query block, summed over the streams inside the program.
@@ -361,10 +361,6 @@ def _cma_bwd_dq_kernel(
                      + h * stride_doh + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
         if UPCAST:
             do = do.to(tl.float32)
-        if HAS_GATES:
-            g = tl.load(G + b * stride_gb + offs_m * stride_gm + s * stride_gs + h, mask=m_ok,
-                        other=0.0).to(tl.float32)
-            do = (do.to(tl.float32) * g[:, None]).to(q.dtype)
         lse = tl.load(LSE + row * Lq + offs_m, mask=m_ok, other=1.0e30)
         delta = _load_delta(DELTA, b, s, h, offs_m, m_ok, Lq, H, S, JOINT)
         n_end = tl.where(active, kv_len, 0)
@@ -411,31 +407,51 @@ def _cma_dropout_mask_kernel(
 
 # ---------------------------------------------------------------------------------------------
 # Launchers: plain tensors in, tensors out. Block sizes: one config under the interpreter (its
-# programs run one after another; multi-config autotuning needs a driver), a small list on GPU.
+# programs run one after another; multi-config autotuning needs a driver). On a GPU, a config per
+# power-of-two bucket of the padded query length (new lengths reuse it: no recompilation), chosen
+# so that no kernel spills registers on sm_90 (checked by the ahead-of-time compile test).
 
 INTERPRET_BLOCKS = (16, 16)
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M is chosen from the query length bucket.
-GPU_CONFIGS = {
-    16: (16, 32, 2, 2),
-    32: (32, 32, 4, 2),
-    64: (64, 64, 4, 2),
-    128: (128, 64, 8, 2),
-}
 
 
 def length_bucket(n: int) -> int:
-    """Power-of-two bucket of a padded length, clipped to [16, 128]: new lengths reuse a config."""
+    """Power-of-two bucket of a padded length, clipped to [16, 128]."""
     return max(16, min(128, triton.next_power_of_2(max(int(n), 1))))
 
 
-def launch_config(Lq: int, dh: int):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a query length and head dim."""
+def fwd_config(Lq: int, block_d: int):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel."""
     if interpreting():
         return INTERPRET_BLOCKS + (1, 1)
-    bm, bn, warps, stages = GPU_CONFIGS[length_bucket(Lq)]
-    if dh > 64 and bm == 128:
-        bm, warps = 64, 4  # a 128 x 128 fp32 accumulator per program spills registers
-    return bm, bn, warps, stages
+    bucket = length_bucket(Lq)
+    if bucket <= 32:
+        return bucket, 32, 2 if bucket == 16 else 4, 2
+    if block_d > 64:
+        return 64, 64, 8, 2
+    return (64, 64, 4, 2) if bucket == 64 else (128, 64, 8, 2)
+
+
+def bwd_config(Lq: int, block_d: int):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV and dQ kernels."""
+    if interpreting():
+        return INTERPRET_BLOCKS + (1, 1)
+    bucket = length_bucket(Lq)
+    if block_d > 64:
+        return 32, 64, 8, 2  # both backward kernels spill at 64 x 64 with dh 128
+    if bucket <= 32:
+        return bucket, 32, 4, 2
+    return 64, 64, 4, 2
+
+
+def launcher_configs():
+    """Every (kind, BLOCK_M, BLOCK_N, num_warps, num_stages, BLOCK_D) the launchers can choose
+    on a GPU, for the ahead-of-time compile check."""
+    out = set()
+    for bucket in (16, 32, 64, 128):
+        for block_d in (16, 32, 64, 128):
+            out.add(("fwd",) + fwd_config(bucket, block_d) + (block_d,))
+            out.add(("bwd",) + bwd_config(bucket, block_d) + (block_d,))
+    return sorted(out)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -443,29 +459,25 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _flags(q, gates, dropout_p, joint):
-    block_d = max(16, triton.next_power_of_2(q.shape[-1]))
-    return dict(S=None, BLOCK_D=block_d, HAS_GATES=gates is not None, JOINT=bool(joint),
-                HAS_DROPOUT=dropout_p > 0.0, UPCAST=interpreting() or q.dtype == torch.float32,
-                PRECISION=dot_precision(q.dtype))
+def _block_d(dh: int) -> int:
+    return max(16, triton.next_power_of_2(dh))
 
 
 def cross_modal_attention_fwd(q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed,
                               joint, store_ungated):
     """q (B, Lq, H, dh); k, v (S, B, Lk, H, dh); q_lengths (B,) int32; kv_lengths (S, B) int32;
-    gates (B, Lq, S, H) or None. Returns (out (B, Lq, S, H, dh), out_ungated or None, lse)."""
+    gates (B, Lq, S, H) contiguous or None. Returns (out (B, Lq, S, H, dh), out_ungated or None,
+    lse (B, S, H, Lq))."""
     B, Lq, H, dh = q.shape
     S, Lk = k.shape[0], k.shape[2]
     out = torch.empty((B, Lq, S, H, dh), device=q.device, dtype=q.dtype)
     out_u = torch.empty_like(out) if (gates is not None and store_ungated) else None
     lse = torch.empty((B, S, H, Lq), device=q.device, dtype=torch.float32)
-    bm, bn, warps, stages = launch_config(Lq, dh)
-    f = _flags(q, gates, dropout_p, joint)
-    f["S"] = S
+    block_d = _block_d(dh)
+    bm, bn, warps, stages = fwd_config(Lq, block_d)
     g = gates if gates is not None else out  # placeholder pointer, never read
     gs = gates.stride() if gates is not None else (0, 0, 0, 0)
-    grid = (triton.cdiv(Lq, bm), H, B)
-    _cma_fwd_kernel[grid](
+    _cma_fwd_kernel[(triton.cdiv(Lq, bm), H, B)](
         q, k, v, g, out, out_u if out_u is not None else out, lse, q_lengths, kv_lengths,
         float(sm_scale), int(seed), float(dropout_p),
         q.stride(0), q.stride(1), q.stride(2),
@@ -475,60 +487,66 @@ def cross_modal_attention_fwd(q, k, v, q_lengths, kv_lengths, gates, sm_scale, d
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         kv_lengths.stride(0),
         Lq, Lk, H, dh,
-        BLOCK_M=bm, BLOCK_N=bn, EVEN_D=f["BLOCK_D"] == dh, STORE_UNGATED=out_u is not None,
-        num_warps=warps, num_stages=stages, **f)
+        S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, EVEN_D=block_d == dh,
+        HAS_GATES=gates is not None, STORE_UNGATED=out_u is not None, JOINT=bool(joint),
+        HAS_DROPOUT=dropout_p > 0.0, UPCAST=interpreting() or q.dtype == torch.float32,
+        PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages)
     return out, out_u, lse
 
 
 def cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths,
                               sm_scale, dropout_p, seed, joint):
-    """Gradients (dq, dk, dv, dgates) of the forward above; dgates is None without gates."""
+    """Gradients (dq, dk, dv, dgates) of the forward above; dgates (fp32) is None without gates."""
     B, Lq, H, dh = q.shape
     S, Lk = k.shape[0], k.shape[2]
     if not dout.is_contiguous():
         dout = dout.contiguous()
-    bm, bn, warps, stages = launch_config(Lq, dh)
-    f = _flags(q, gates, dropout_p, joint)
-    f["S"] = S
+    block_d = _block_d(dh)
     delta = torch.empty((B, S, H, Lq), device=q.device, dtype=torch.float32)
-    dgates = torch.empty((B, Lq, S, H), device=q.device, dtype=torch.float32) if gates is not None else None
-    g = gates if gates is not None else lse
-    gs = gates.stride() if gates is not None else (0, 0, 0, 0)
-    ou = out_u if out_u is not None else out
-    _cma_bwd_preprocess_kernel[(triton.cdiv(Lq, bm), H, B)](
-        dout, out, ou, g, delta, dgates if dgates is not None else delta, q_lengths,
+    if gates is not None:
+        dgates = torch.empty((B, Lq, S, H), device=q.device, dtype=torch.float32)
+        dout_u = torch.empty_like(dout)
+        gs = gates.stride()
+    else:
+        dgates, dout_u, gs = None, dout, (0, 0, 0, 0)
+    pm = fwd_config(Lq, block_d)[0]
+    _cma_bwd_preprocess_kernel[(triton.cdiv(Lq, pm), H, B)](
+        dout, out, out_u if out_u is not None else out, gates if gates is not None else dout,
+        delta, dgates if dgates is not None else delta, dout_u, q_lengths,
         dout.stride(0), dout.stride(1), dout.stride(2), dout.stride(3),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         gs[0], gs[1], gs[2],
         Lq, H, dh,
-        S=S, BLOCK_M=bm, BLOCK_D=f["BLOCK_D"], HAS_GATES=gates is not None, num_warps=warps)
+        S=S, BLOCK_M=pm, BLOCK_D=block_d, HAS_GATES=gates is not None)
 
+    bm, bn, warps, stages = bwd_config(Lq, block_d)
+    flags = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, JOINT=bool(joint),
+                 HAS_DROPOUT=dropout_p > 0.0, UPCAST=interpreting() or q.dtype == torch.float32,
+                 PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages)
     dk = torch.empty((S, B, Lk, H, dh), device=q.device, dtype=k.dtype)
     dv = torch.empty_like(dk)
-    common = dict(num_warps=warps, num_stages=stages, BLOCK_M=bm, BLOCK_N=bn, **f)
+    do = dout_u
     _cma_bwd_dkdv_kernel[(triton.cdiv(Lk, bn), S * H, B)](
-        q, k, v, g, dout, lse, delta, dk, dv, q_lengths, kv_lengths,
+        q, k, v, do, lse, delta, dk, dv, q_lengths, kv_lengths,
         float(sm_scale), int(seed), float(dropout_p),
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        gs[0], gs[1], gs[2],
-        dout.stride(0), dout.stride(1), dout.stride(2), dout.stride(3),
+        do.stride(0), do.stride(1), do.stride(2), do.stride(3),
         dk.stride(0), dk.stride(1), dk.stride(2), dk.stride(3),
         kv_lengths.stride(0),
-        Lq, Lk, H, dh, **common)
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+        Lq, Lk, H, dh, **flags)
+    dq = torch.empty((B, Lq, H, dh), device=q.device, dtype=q.dtype)
     _cma_bwd_dq_kernel[(triton.cdiv(Lq, bm), H, B)](
-        q, k, v, g, dout, lse, delta, dq, q_lengths, kv_lengths,
+        q, k, v, do, lse, delta, dq, q_lengths, kv_lengths,
         float(sm_scale), int(seed), float(dropout_p),
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        gs[0], gs[1], gs[2],
-        dout.stride(0), dout.stride(1), dout.stride(2), dout.stride(3),
+        do.stride(0), do.stride(1), do.stride(2), do.stride(3),
         dq.stride(0), dq.stride(1), dq.stride(2),
         kv_lengths.stride(0),
-        Lq, Lk, H, dh, **common)
+        Lq, Lk, H, dh, **flags)
     return dq, dk, dv, dgates
 
 
