@@ -1,8 +1,9 @@
 """Backend selection: "torch" (the reference), "triton" (fused kernels), "auto".
 
-``CMATH_FAST_BACKEND`` in the environment overrides the argument. ``auto`` picks triton when the
-fused kernels are implemented, Triton imports and CUDA is available (or the Triton interpreter is
-on), and torch otherwise; ``describe()`` says which and why (``cmath-fast env``).
+``CMATH_FAST_BACKEND`` in the environment overrides the argument. ``auto`` picks triton when
+Triton imports and CUDA is available, and torch otherwise. An explicit "triton" also runs on the
+CPU under Triton's interpreter (``TRITON_INTERPRET=1``, slow: for tests). ``cmath-fast env`` says
+which backend ``auto`` picks and why.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import torch
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "CMATH_FAST_BACKEND"
 
-# The fused layers plug in here once the kernel issues land; until then "triton" is refused.
-FUSED_LAYERS_IMPLEMENTED = False
+FUSED_LAYERS_IMPLEMENTED = True
 
 
 class BackendUnavailableError(RuntimeError):
@@ -25,7 +25,7 @@ class BackendUnavailableError(RuntimeError):
 
 
 def triton_status() -> Tuple[bool, str]:
-    """(usable, reason) for the fused Triton path on this machine."""
+    """(usable when asked for explicitly, reason) for the fused Triton path on this machine."""
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed"
     if not FUSED_LAYERS_IMPLEMENTED:
@@ -57,4 +57,6 @@ def resolve_backend(backend: str = "auto") -> Tuple[str, str]:
         if not ok:
             raise BackendUnavailableError(f"backend 'triton' is unavailable: {why}; use backend='torch'")
         return "triton", why
-    return ("triton", why) if ok else ("torch", f"auto: {why}")
+    if ok and torch.cuda.is_available():
+        return "triton", why
+    return "torch", f"auto: {why if not ok else 'no CUDA device (the interpreter is for tests only)'}"

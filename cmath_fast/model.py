@@ -19,6 +19,16 @@ class CMATH(CMATHReference):
     def __init__(self, cfg: CMATHConfig, backend: str = "auto"):
         super().__init__(cfg)
         self.backend, self.backend_reason = resolve_backend(backend)
+        if self.backend == "triton":
+            from .nn import fuse_attention_layers, fuse_fusion_layer
+            fuse_attention_layers(self)
+            fuse_fusion_layer(self.fusion)
+
+    def run_cma(self, hidden, lengths):
+        if self.backend != "triton":
+            return super().run_cma(hidden, lengths)
+        from .nn import stacked_cma
+        return stacked_cma(self.cma, hidden, lengths, self.cfg.centrals, self.training)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

@@ -419,9 +419,9 @@ def length_bucket(n: int) -> int:
     return max(16, min(128, triton.next_power_of_2(max(int(n), 1))))
 
 
-def fwd_config(Lq: int, block_d: int):
+def fwd_config(Lq: int, block_d: int, gpu: bool = None):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel."""
-    if interpreting():
+    if not (gpu if gpu is not None else not interpreting()):
         return INTERPRET_BLOCKS + (1, 1)
     bucket = length_bucket(Lq)
     if bucket <= 32:
@@ -431,9 +431,9 @@ def fwd_config(Lq: int, block_d: int):
     return (64, 64, 4, 2) if bucket == 64 else (128, 64, 8, 2)
 
 
-def bwd_config(Lq: int, block_d: int):
+def bwd_config(Lq: int, block_d: int, gpu: bool = None):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV and dQ kernels."""
-    if interpreting():
+    if not (gpu if gpu is not None else not interpreting()):
         return INTERPRET_BLOCKS + (1, 1)
     bucket = length_bucket(Lq)
     if block_d > 64:
@@ -449,8 +449,8 @@ def launcher_configs():
     out = set()
     for bucket in (16, 32, 64, 128):
         for block_d in (16, 32, 64, 128):
-            out.add(("fwd",) + fwd_config(bucket, block_d) + (block_d,))
-            out.add(("bwd",) + bwd_config(bucket, block_d) + (block_d,))
+            out.add(("fwd",) + fwd_config(bucket, block_d, gpu=True) + (block_d,))
+            out.add(("bwd",) + bwd_config(bucket, block_d, gpu=True) + (block_d,))
     return sorted(out)
 
 
