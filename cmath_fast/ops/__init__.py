@@ -3,5 +3,8 @@
 reference in ``cmath_fast.reference``."""
 
 from .cross_modal_attention import CrossModalAttentionFunction, cross_modal_attention
+from .variational_fusion import (PoEFusionFunction, VariationalFusionFunction, poe_fusion,
+                                 variational_fusion)
 
-__all__ = ["CrossModalAttentionFunction", "cross_modal_attention"]
+__all__ = ["CrossModalAttentionFunction", "cross_modal_attention", "VariationalFusionFunction",
+           "variational_fusion", "PoEFusionFunction", "poe_fusion"]

@@ -28,7 +28,7 @@ def check_device(name: str, t: torch.Tensor) -> None:
                      f"tensors, slowly), got a tensor on {t.device}")
 
 
-def dropout_seed() -> int:
+def philox_seed() -> int:
     """A Philox seed drawn from torch's default CPU generator: ``torch.manual_seed`` reproduces
     it, and drawing it never synchronises with a GPU."""
     return int(torch.randint(0, 2 ** 31 - 1, (1,)).item())

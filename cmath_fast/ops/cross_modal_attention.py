@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .._checks import check_lengths, check_tensor
-from ._common import check_device, dropout_seed, kernel_dtype
+from ._common import check_device, philox_seed, kernel_dtype
 
 MAX_HEAD_DIM = 128
 
@@ -125,7 +125,7 @@ def cross_modal_attention(
     scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
     q_len = q_lengths.to(device=q.device, dtype=torch.int32)
     kv_len = torch.stack([t.to(device=q.device, dtype=torch.int32) for t in kv_lengths])
-    seed = dropout_seed() if dropout_p > 0 else 0
+    seed = philox_seed() if dropout_p > 0 else 0
     out = CrossModalAttentionFunction.apply(q, gates, q_len, kv_len, scale, float(dropout_p), seed,
                                             bool(joint), S, *ks, *vs)
     if not return_dropout_mask:

@@ -1,0 +1,153 @@
+"""``variational_fusion`` and ``poe_fusion``: the fused Triton ops behind the interfaces of
+``variational_fusion_ref`` and ``poe_fusion_ref``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._checks import check_tensor
+from ._common import check_device, philox_seed, kernel_dtype
+
+
+def _check_rows(name, t, n, device):
+    if t is None:
+        return None
+    check_tensor(name, t, device=device)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},), got {tuple(t.shape)}")
+    return t.to(torch.bool).contiguous()
+
+
+def _check_eps(eps, shape, device):
+    if eps is None:
+        return None
+    check_tensor("eps", eps, floating=True, device=device)
+    if tuple(eps.shape) != tuple(shape):
+        raise ValueError(f"eps: expected shape {tuple(shape)}, got {tuple(eps.shape)}")
+    return eps.contiguous()
+
+
+class VariationalFusionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, e, weight, bias, eps, row_mask, training, logvar_clamp, seed, return_eps):
+        from ..kernels.variational_fusion import variational_fusion_fwd
+
+        ctx.set_materialize_grads(False)
+        needs = any(ctx.needs_input_grad[:3])
+        z, kl, h, drawn = variational_fusion_fwd(e, weight, bias, eps, row_mask, training,
+                                                 logvar_clamp, seed, return_eps, save_h=needs)
+        ctx.save_for_backward(e, weight, h, eps, row_mask)
+        ctx.cfg = (training, logvar_clamp, seed, bias is not None)
+        kl = kl.to(e.dtype)
+        if drawn is not None:
+            ctx.mark_non_differentiable(drawn)
+            return z, kl, drawn
+        return z, kl
+
+    @staticmethod
+    def backward(ctx, dz, dkl, *_):
+        from ..kernels.variational_fusion import variational_fusion_bwd_dh
+
+        e, weight, h, eps, row_mask = ctx.saved_tensors
+        training, logvar_clamp, seed, has_bias = ctx.cfg
+        if dz is None and dkl is None:
+            return (None,) * 9
+        dz = dz.contiguous() if dz is not None else None
+        dkl = dkl.contiguous() if dkl is not None else None
+        dh = variational_fusion_bwd_dh(h, dz, dkl, eps, row_mask, training, logvar_clamp, seed, e.dtype)
+        de = dh @ weight if ctx.needs_input_grad[0] else None
+        dw = dh.t() @ e if ctx.needs_input_grad[1] else None
+        db = dh.sum(0) if has_bias and ctx.needs_input_grad[2] else None
+        return de, dw, db, None, None, None, None, None, None
+
+
+def variational_fusion(e: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
+                       eps: Optional[torch.Tensor] = None, row_mask: Optional[torch.Tensor] = None,
+                       training: bool = True, logvar_clamp: float = 10.0, return_eps: bool = False):
+    """Fused ``[mu | logvar] = e W^T + b`` -> clamp -> ``z = mu + exp(logvar/2) eps`` -> per-row KL,
+    with the arguments and results of :func:`cmath_fast.reference.variational_fusion_ref`.
+
+    ``eps=None`` in training draws the noise inside the kernel (Philox, seed from torch's CPU
+    generator, so ``torch.manual_seed`` reproduces it) and regenerates it in backward; it is
+    never stored, unless ``return_eps=True`` (debug), which also returns it: (z, kl, eps).
+    """
+    check_tensor("e", e, ndim=2, floating=True)
+    kernel_dtype("e", e)
+    check_device("e", e)
+    check_tensor("weight", weight, ndim=2, dtype=e.dtype, device=e.device)
+    N, d_in = e.shape
+    if weight.shape[1] != d_in:
+        raise ValueError(f"weight: expected shape (2*d_z, d_in={d_in}), got {tuple(weight.shape)}")
+    if weight.shape[0] % 2:
+        raise ValueError(f"weight: first dim must be even (2*d_z), got {weight.shape[0]}")
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1, dtype=e.dtype, device=e.device)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        bias = bias.contiguous()
+    d_z = weight.shape[0] // 2
+    eps = _check_eps(eps, (N, d_z), e.device) if training else None
+    row_mask = _check_rows("row_mask", row_mask, N, e.device)
+    if e.stride(-1) != 1:
+        e = e.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    seed = philox_seed() if training and eps is None else 0
+    out = VariationalFusionFunction.apply(e, weight, bias, eps, row_mask, bool(training),
+                                          float(logvar_clamp), seed, bool(return_eps))
+    if return_eps and len(out) == 2:
+        return out[0], out[1], eps if eps is not None else None
+    return out
+
+
+class PoEFusionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu, logvar, eps, row_mask, training, logvar_clamp, seed, return_eps):
+        from ..kernels.variational_fusion import poe_fusion_fwd
+
+        ctx.set_materialize_grads(False)
+        z, kl, drawn = poe_fusion_fwd(mu, logvar, eps, row_mask, training, logvar_clamp, seed, return_eps)
+        ctx.save_for_backward(mu, logvar, eps, row_mask)
+        ctx.cfg = (training, logvar_clamp, seed)
+        kl = kl.to(mu.dtype)
+        if drawn is not None:
+            ctx.mark_non_differentiable(drawn)
+            return z, kl, drawn
+        return z, kl
+
+    @staticmethod
+    def backward(ctx, dz, dkl, *_):
+        from ..kernels.variational_fusion import poe_fusion_bwd
+
+        mu, logvar, eps, row_mask = ctx.saved_tensors
+        training, logvar_clamp, seed = ctx.cfg
+        if dz is None and dkl is None:
+            return (None,) * 8
+        dmu, dlv = poe_fusion_bwd(mu, logvar, dz.contiguous() if dz is not None else None,
+                                  dkl.contiguous() if dkl is not None else None, eps, row_mask,
+                                  training, logvar_clamp, seed)
+        return dmu, dlv, None, None, None, None, None, None
+
+
+def poe_fusion(mu: torch.Tensor, logvar: torch.Tensor, *, eps: Optional[torch.Tensor] = None,
+               row_mask: Optional[torch.Tensor] = None, training: bool = True,
+               logvar_clamp: float = 10.0, return_eps: bool = False):
+    """Fused product of M Gaussian experts (M, N, d_z) and the N(0, I) prior, then sampling and
+    KL: the arguments and results of :func:`cmath_fast.reference.poe_fusion_ref`."""
+    check_tensor("mu", mu, ndim=3, floating=True)
+    kernel_dtype("mu", mu)
+    check_device("mu", mu)
+    check_tensor("logvar", logvar, ndim=3, dtype=mu.dtype, device=mu.device)
+    if logvar.shape != mu.shape:
+        raise ValueError(f"logvar: expected shape {tuple(mu.shape)} as mu, got {tuple(logvar.shape)}")
+    M, N, d_z = mu.shape
+    eps = _check_eps(eps, (N, d_z), mu.device) if training else None
+    row_mask = _check_rows("row_mask", row_mask, N, mu.device)
+    seed = philox_seed() if training and eps is None else 0
+    out = PoEFusionFunction.apply(mu.contiguous(), logvar.contiguous(), eps, row_mask, bool(training),
+                                  float(logvar_clamp), seed, bool(return_eps))
+    if return_eps and len(out) == 2:
+        return out[0], out[1], eps if eps is not None else None
+    return out

@@ -1,0 +1,65 @@
+"""Ahead-of-time compile cases of the variational-fusion kernels (see aot_cases.py)."""
+
+from tests.kernels.aot import TYPES
+from tests.kernels.aot_cases import FULL
+
+
+def _vf():
+    from cmath_fast.kernels import variational_fusion as vf
+    return vf
+
+
+def vf_fwd(dtype, bn, bz, bk, sample=True, has_eps=False):
+    ptr = {"E": TYPES[dtype], "W": TYPES[dtype], "BIAS": TYPES[dtype], "EPS": "*fp32", "Z": TYPES[dtype],
+           "HOUT": "*fp32", "KLP": "*fp32", "ROWMASK": "*u8"}
+    const = dict(BLOCK_N=bn, BLOCK_Z=bz, BLOCK_K=bk, HAS_BIAS=True, HAS_EPS=has_eps, SAMPLE=sample,
+                 RETURN_EPS=not has_eps, SAVE_H=True, HAS_ROWMASK=True, UPCAST=dtype == "fp32",
+                 PRECISION="ieee" if dtype == "fp32" else "tf32")
+    return _vf()._vf_fwd_kernel, ptr, const
+
+
+def vf_bwd(dtype, bn, bz):
+    ptr = {"HSAVED": "*fp32", "DZ": TYPES[dtype], "DKL": TYPES[dtype], "EPS": "*fp32", "ROWMASK": "*u8",
+           "DH": TYPES[dtype]}
+    const = dict(BLOCK_N=bn, BLOCK_Z=bz, HAS_DZ=True, HAS_DKL=True, HAS_EPS=False, SAMPLE=True,
+                 HAS_ROWMASK=True)
+    return _vf()._vf_bwd_kernel, ptr, const
+
+
+def poe(kind, dtype, bn, bz, M=3):
+    vf = _vf()
+    if kind == "fwd":
+        ptr = {"MU": TYPES[dtype], "LV": TYPES[dtype], "EPS": "*fp32", "Z": TYPES[dtype], "KLP": "*fp32",
+               "ROWMASK": "*u8"}
+        const = dict(M=M, BLOCK_N=bn, BLOCK_Z=bz, HAS_EPS=False, SAMPLE=True, RETURN_EPS=True,
+                     HAS_ROWMASK=True)
+        return vf._poe_fwd_kernel, ptr, const
+    ptr = {"MU": TYPES[dtype], "LV": TYPES[dtype], "DZ": TYPES[dtype], "DKL": TYPES[dtype], "EPS": "*fp32",
+           "ROWMASK": "*u8", "DMU": TYPES[dtype], "DLV": TYPES[dtype]}
+    const = dict(M=M, BLOCK_N=bn, BLOCK_Z=bz, HAS_DZ=True, HAS_DKL=True, HAS_EPS=False, SAMPLE=True,
+                 HAS_ROWMASK=True)
+    return vf._poe_bwd_kernel, ptr, const
+
+
+def fusion_cases():
+    cases = {}
+    configs = _vf().launcher_configs()
+    dtypes = list(TYPES) if FULL else ["bf16"]
+    for cfg in configs:
+        for dtype in dtypes:
+            if cfg[0] == "fwd":
+                _, bn, bz, bk, warps, stages = cfg
+                cases[f"fusion-fwd-{dtype}-{bn}x{bz}x{bk}"] = vf_fwd(dtype, bn, bz, bk) + (warps, stages)
+            else:
+                _, bn, bz, warps = cfg
+                cases[f"fusion-bwd-{dtype}-{bn}x{bz}"] = vf_bwd(dtype, bn, bz) + (warps, 1)
+                if bz in (16, 64):
+                    for kind in ("fwd", "bwd"):
+                        cases[f"fusion-poe-{kind}-{dtype}-{bn}x{bz}"] = poe(kind, dtype, bn, bz) + (warps, 1)
+    cases["fusion-fwd-fp32-64x64x64"] = vf_fwd("fp32", 64, 64, 64) + (8, 3)
+    cases["fusion-fwd-fp16-64x64x64-eps"] = vf_fwd("fp16", 64, 64, 64, has_eps=True) + (8, 3)
+    cases["largest-fusion-fwd"] = vf_fwd("bf16", 64, 64, 64) + (8, 3)
+    cases["largest-fusion-bwd"] = vf_bwd("bf16", 16, 64) + (4, 1)
+    cases["largest-fusion-poe-fwd"] = poe("fwd", "bf16", 16, 64) + (4, 1)
+    cases["largest-fusion-poe-bwd"] = poe("bwd", "bf16", 16, 64) + (4, 1)
+    return cases
