@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from .backend import resolve_backend
 from .config import CMATHConfig
 from .reference.model import CMATHOutput, CMATHReference
@@ -28,7 +31,52 @@ class CMATH(CMATHReference):
         if self.backend != "triton":
             return super().run_cma(hidden, lengths)
         from .nn import stacked_cma
-        return stacked_cma(self.cma, hidden, lengths, self.cfg.centrals, self.training)
+        from .profiling import nvtx_range
+        with nvtx_range("cma/" + "".join(self.cfg.centrals)):
+            return stacked_cma(self.cma, hidden, lengths, self.cfg.centrals, self.training)
+
+    # With the fused backend the per-central tails (fine heads, the three CE, logit and feature
+    # distillation terms) run batched over the centrals: same math, a third of the launches.
+    def compute_heads(self, coarse, fine, mask):
+        if self.backend != "triton" or len(fine) == 1:
+            return super().compute_heads(coarse, fine, mask)
+        from .nn.attention import _linear
+        C = len(fine)
+        B, L, d = coarse.shape
+        m = mask[..., None].to(coarse.dtype)
+        h = torch.stack(list(fine.values())).view(C, B * L, d)
+        heads = [self.fine_heads[c] for c in fine]
+        h = F.dropout(F.relu(h), heads[0][1].p, self.training)
+        stacked = _linear(h, [hd[2] for hd in heads]).view(C, B, L, -1) * m
+        return self.coarse_head(coarse) * m, dict(zip(fine, stacked.unbind(0)))
+
+    def classification_terms(self, out, y):
+        if self.backend != "triton" or len(out.fine_logits) == 1:
+            return super().classification_terms(out, y)
+        cfg, mask = self.cfg, out.mask
+        C = len(out.fine_logits)
+        n = mask.sum().clamp_min(1).float()
+        fine_logits = torch.stack(list(out.fine_logits.values()))  # (C, B, L, K)
+        terms = {}
+        if y.numel():
+            terms["ce"] = F.cross_entropy(out.logits[mask].float(), y, weight=self.class_weights)
+            # the mean over the C stacked copies, times C, is the sum of the C per-head means
+            terms["fine_ce"] = C * F.cross_entropy(fine_logits[:, mask].flatten(0, 1).float(),
+                                                   y.repeat(C), weight=self.class_weights)
+        else:
+            terms["ce"] = out.logits.sum() * 0.0
+            terms["fine_ce"] = fine_logits.sum() * 0.0
+        tau = cfg.tau
+        teacher = out.logits.detach() if cfg.detach_teacher else out.logits
+        log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
+        log_p_s = F.log_softmax(fine_logits.float() / tau, dim=-1)
+        kl_rows = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (C, B, L)
+        m = mask.to(kl_rows.dtype)
+        terms["kd_logit"] = (kl_rows * m).sum() / n * (tau * tau if cfg.tau_squared else 1.0)
+        fine = torch.stack(list(out.fine.values())).float()
+        cos = F.cosine_similarity(fine, out.coarse.detach().float()[None], dim=-1)
+        terms["kd_feat"] = ((1.0 - cos) * m).sum() / n
+        return terms
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

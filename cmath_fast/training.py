@@ -25,6 +25,7 @@ from .data.dataset import DataError, Dialogue, MERData, iterate_batches, num_bat
 from .data.loaders import KNOWN_VARIANTS
 from .io import atomic_write_text, load_checkpoint, save_checkpoint
 from .model import CMATH
+from .profiling import nvtx_range
 
 SELECTION_TEXT = {
     "valid": "model selected on a seeded 10% validation split of the training dialogues",
@@ -305,10 +306,12 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
             out = model(*b.inputs())
             total, terms = model.loss(out, b.labels, epoch=epoch)
             opt.zero_grad(set_to_none=True)
-            total.backward()
-            if opts.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
-            opt.step()
+            with nvtx_range("backward", "bwd"):
+                total.backward()
+            with nvtx_range("optimizer", "step"):
+                if opts.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
+                opt.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.update(1)

@@ -495,8 +495,10 @@ def cross_modal_attention_fwd(q, k, v, q_lengths, kv_lengths, gates, sm_scale, d
 
 
 def cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths,
-                              sm_scale, dropout_p, seed, joint):
-    """Gradients (dq, dk, dv, dgates) of the forward above; dgates (fp32) is None without gates."""
+                              sm_scale, dropout_p, seed, joint, dk=None, dv=None):
+    """Gradients (dq, dk, dv, dgates) of the forward above; dgates (fp32) is None without gates.
+    ``dk``, ``dv``: optional (S, B, Lk, H, dh) outputs with identical strides (e.g. the two halves
+    of one packed key/value gradient), written in place."""
     B, Lq, H, dh = q.shape
     S, Lk = k.shape[0], k.shape[2]
     if not dout.is_contiguous():
@@ -523,8 +525,11 @@ def cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths, 
     flags = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, JOINT=bool(joint),
                  HAS_DROPOUT=dropout_p > 0.0, UPCAST=interpreting() or q.dtype == torch.float32,
                  PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages)
-    dk = torch.empty((S, B, Lk, H, dh), device=q.device, dtype=k.dtype)
-    dv = torch.empty_like(dk)
+    if dk is None:
+        dk = torch.empty((S, B, Lk, H, dh), device=q.device, dtype=k.dtype)
+        dv = torch.empty_like(dk)
+    elif dk.stride() != dv.stride() or dk.stride(-1) != 1:
+        raise ValueError("dk and dv must share strides, with a contiguous last dim")
     do = dout_u
     _cma_bwd_dkdv_kernel[(triton.cdiv(Lk, bn), S * H, B)](
         q, k, v, do, lse, delta, dk, dv, q_lengths, kv_lengths,

@@ -9,44 +9,69 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..ops import cross_modal_attention
+from ..ops.cross_modal_attention import cross_modal_attention_packed
 from ..reference.layers import CMATransformer, CrossModalAttention, stream_order
+
+
+class BatchedLinearFunction(torch.autograd.Function):
+    """y = x W^T + b for C linears at once: x (C, N, d_in), W (C, d_out, d_in), b (C, d_out).
+    Its backward produces dW in W's own layout (dy^T x), so the gradients that flow back to the
+    individual nn.Linear weights need no layout copy."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx = torch.bmm(dy, w) if ctx.needs_input_grad[0] else None
+        dw = torch.bmm(dy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        db = dy.sum(1) if ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def _linear(x: torch.Tensor, linears) -> torch.Tensor:
+    """x (C, N, d_in) through C nn.Linear -> (C, N, d_out), one batched GEMM."""
+    w = torch.stack([lin.weight for lin in linears])
+    b = torch.stack([lin.bias for lin in linears])
+    return BatchedLinearFunction.apply(x, w, b)
+
+
+def _kv_projection(inp: torch.Tensor, attns, S: int) -> torch.Tensor:
+    """Every (stream, module) key/value projection in one GEMM: inp (S*C, N, d), stream-major ->
+    (S*C, N, 2d) with [k | v] on the last axis."""
+    w = torch.cat([torch.stack([a.w_k[s].weight for s in range(S) for a in attns]),
+                   torch.stack([a.w_v[s].weight for s in range(S) for a in attns])], dim=1)
+    b = torch.cat([torch.stack([a.w_k[s].bias for s in range(S) for a in attns]),
+                   torch.stack([a.w_v[s].bias for s in range(S) for a in attns])], dim=1)
+    return BatchedLinearFunction.apply(inp, w, b)
 
 
 class FusedCrossModalAttention(CrossModalAttention):
     """CrossModalAttention with the fused kernel; the streams' key/value projections come from one
-    batched GEMM, already in the stacked layout the kernel reads (no copy)."""
+    batched GEMM, already in the packed layout the kernel reads (no copy)."""
 
     def forward(self, x: torch.Tensor, aux: Sequence[torch.Tensor], lengths: torch.Tensor):
         B, L, d = x.shape
         S, H, dh = self.num_streams, self.num_heads, self.head_dim
         xn = self.norm_q(x)
         streams = torch.stack([xn] + [norm(h) for norm, h in zip(self.norm_kv, aux)])  # (S, B, L, d)
-        w = torch.stack([torch.cat([wk.weight, wv.weight]).t() for wk, wv in zip(self.w_k, self.w_v)])
-        bias = torch.stack([torch.cat([wk.bias, wv.bias]) for wk, wv in zip(self.w_k, self.w_v)])
-        kv = torch.baddbmm(bias[:, None, :], streams.view(S, B * L, d), w).view(S, B, L, 2, H, dh)
+        kv = _kv_projection(streams.view(S, B * L, d), [self], S).view(S, B, L, 2, H, dh)
         q = self.w_q(xn).view(B, L, H, dh)
         p = self.attn_dropout if self.training else 0.0
-        o = cross_modal_attention(q, [kv[s, :, :, 0] for s in range(S)], [kv[s, :, :, 1] for s in range(S)],
-                                  lengths, [lengths] * S, gates=self.gates(xn), dropout_p=p)
+        o = cross_modal_attention_packed(q, kv, lengths, gates=self.gates(xn), dropout_p=p)
         return self.w_o(o.view(B, L, S * d))
-
-
-def _stack_params(modules, name: str, transpose: bool = False) -> torch.Tensor:
-    ts = [getattr(m, name) for m in modules]
-    return torch.stack([t.t() for t in ts] if transpose else ts)
 
 
 def _layer_norm(x: torch.Tensor, norms) -> torch.Tensor:
     """LayerNorm of x (C, ..., d) with the C norms' own affine parameters."""
     shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
     y = F.layer_norm(x, x.shape[-1:], eps=norms[0].eps)
-    return y * _stack_params(norms, "weight").view(shape) + _stack_params(norms, "bias").view(shape)
-
-
-def _linear(x: torch.Tensor, linears) -> torch.Tensor:
-    """x (C, N, d_in) through C linears -> (C, N, d_out), one batched GEMM."""
-    return torch.baddbmm(_stack_params(linears, "bias")[:, None, :], x, _stack_params(linears, "weight", True))
+    w = torch.stack([n.weight for n in norms]).view(shape)
+    b = torch.stack([n.bias for n in norms]).view(shape)
+    return torch.addcmul(b, y, w)
 
 
 def stacked_cma(cmas: Dict[str, CMATransformer], hidden: Dict[str, torch.Tensor], lengths: torch.Tensor,
@@ -70,9 +95,7 @@ def stacked_cma(cmas: Dict[str, CMATransformer], hidden: Dict[str, torch.Tensor]
         # (S*C, B*L, d) @ (S*C, d, 2d): stream-major so that each stream's k (and v) over the
         # stacked batch C*B is one equally strided view.
         inp = torch.stack(streams).view(S * C, B * L, d)
-        w = torch.stack([torch.cat([a.w_k[s].weight, a.w_v[s].weight]).t() for s in range(S) for a in attn])
-        bias = torch.stack([torch.cat([a.w_k[s].bias, a.w_v[s].bias]) for s in range(S) for a in attn])
-        kv = torch.baddbmm(bias[:, None, :], inp, w).view(S, C * B, L, 2, H, dh)
+        kv = _kv_projection(inp, attn, S).view(S, C * B, L, 2, H, dh)
         q = _linear(xn.view(C, B * L, d), [a.w_q for a in attn]).view(C * B, L, H, dh)
         gates = None
         if first.gated:
@@ -80,8 +103,7 @@ def stacked_cma(cmas: Dict[str, CMATransformer], hidden: Dict[str, torch.Tensor]
             g = g.view(C * B, L, S - 1, H)
             gates = torch.cat([torch.ones_like(g[:, :, :1]), g], dim=2)
         p = first.attn_dropout if training else 0.0
-        o = cross_modal_attention(q, [kv[s, :, :, 0] for s in range(S)], [kv[s, :, :, 1] for s in range(S)],
-                                  lens, [lens] * S, gates=gates, dropout_p=p)
+        o = cross_modal_attention_packed(q, kv, lens, gates=gates, dropout_p=p)
         o = _linear(o.view(C, B * L, S * d), [a.w_o for a in attn]).view(C, B, L, d)
         drop = layers[0].dropout.p if training else 0.0
         x = x + F.dropout(o, drop, training)

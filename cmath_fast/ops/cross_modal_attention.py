@@ -8,7 +8,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from .._checks import check_lengths, check_tensor
-from ._common import check_device, philox_seed, kernel_dtype
+from ..profiling import nvtx_range
+from ._common import check_device, kernel_dtype, philox_seed
 
 MAX_HEAD_DIM = 128
 
@@ -58,13 +59,79 @@ class CrossModalAttentionFunction(torch.autograd.Function):
 
         q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths = ctx.saved_tensors
         sm_scale, dropout_p, seed, joint, lks = ctx.cfg
-        dq, dk, dv, dg = cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths,
-                                                   kv_lengths, sm_scale, dropout_p, seed, joint)
+        with nvtx_range("op/cross_modal_attention", "bwd"):
+            dq, dk, dv, dg = cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths,
+                                                       kv_lengths, sm_scale, dropout_p, seed, joint)
         dks = [dk[s, :, :lk] for s, lk in enumerate(lks)]
         dvs = [dv[s, :, :lk] for s, lk in enumerate(lks)]
         if dg is not None:
             dg = dg.to(gates.dtype)
         return (dq, dg, None, None, None, None, None, None, None, *dks, *dvs)
+
+
+class PackedKVAttentionFunction(torch.autograd.Function):
+    """The same op with keys and values packed in one tensor kv (S, B, Lk, 2, H, dh) — the layout
+    one GEMM over [W_k | W_v] produces. Its gradient comes back packed too, in one buffer that the
+    backward kernels write directly (no per-stream slicing in autograd)."""
+
+    @staticmethod
+    def forward(ctx, q, kv, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed):
+        from ..kernels.cross_modal_attention import cross_modal_attention_fwd
+
+        k, v = kv[:, :, :, 0], kv[:, :, :, 1]
+        out, out_u, lse = cross_modal_attention_fwd(
+            q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed, False,
+            store_ungated=any(ctx.needs_input_grad) and gates is not None)
+        ctx.save_for_backward(q, kv, out, out_u, lse, gates, q_lengths, kv_lengths)
+        ctx.cfg = (sm_scale, dropout_p, seed)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        from ..kernels.cross_modal_attention import cross_modal_attention_bwd
+
+        q, kv, out, out_u, lse, gates, q_lengths, kv_lengths = ctx.saved_tensors
+        sm_scale, dropout_p, seed = ctx.cfg
+        dkv = torch.empty_like(kv, memory_format=torch.contiguous_format)
+        with nvtx_range("op/cross_modal_attention", "bwd"):
+            dq, _, _, dg = cross_modal_attention_bwd(
+                dout, q, kv[:, :, :, 0], kv[:, :, :, 1], out, out_u, lse, gates, q_lengths, kv_lengths,
+                sm_scale, dropout_p, seed, False, dk=dkv[:, :, :, 0], dv=dkv[:, :, :, 1])
+        if dg is not None:
+            dg = dg.to(gates.dtype)
+        return dq, dkv, dg, None, None, None, None, None
+
+
+def cross_modal_attention_packed(q: torch.Tensor, kv: torch.Tensor, lengths: torch.Tensor, *,
+                                 gates: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                                 softmax_scale: Optional[float] = None) -> torch.Tensor:
+    """:func:`cross_modal_attention` with every stream's keys and values packed in kv
+    (S, B, L, 2, H, dh) and one length per dialogue shared by the queries and every stream (as in
+    a CMA layer). Returns (B, L, S, H, dh)."""
+    check_tensor("q", q, ndim=4, floating=True)
+    kernel_dtype("q", q)
+    check_device("q", q)
+    B, L, H, dh = q.shape
+    check_tensor("kv", kv, ndim=6, dtype=q.dtype, device=q.device)
+    S = kv.shape[0]
+    if tuple(kv.shape[1:]) != (B, L, 2, H, dh):
+        raise ValueError(f"kv: expected shape (S, {B}, {L}, 2, {H}, {dh}), got {tuple(kv.shape)}")
+    if q.stride(-1) != 1 or kv.stride(-1) != 1:
+        raise ValueError("q and kv: the last (head) dim must be contiguous")
+    check_lengths("lengths", lengths, B, L)
+    if gates is not None:
+        check_tensor("gates", gates, ndim=4, floating=True, device=q.device)
+        if tuple(gates.shape) != (B, L, S, H):
+            raise ValueError(f"gates: expected shape {(B, L, S, H)}, got {tuple(gates.shape)}")
+        gates = gates.contiguous()
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p: expected a probability in [0, 1), got {dropout_p}")
+    scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
+    q_len = lengths.to(device=q.device, dtype=torch.int32)
+    kv_len = q_len.expand(S, B)
+    seed = philox_seed() if dropout_p > 0 else 0
+    with nvtx_range("op/cross_modal_attention"):
+        return PackedKVAttentionFunction.apply(q, kv, gates, q_len, kv_len, scale, float(dropout_p), seed)
 
 
 def cross_modal_attention(
@@ -126,8 +193,9 @@ def cross_modal_attention(
     q_len = q_lengths.to(device=q.device, dtype=torch.int32)
     kv_len = torch.stack([t.to(device=q.device, dtype=torch.int32) for t in kv_lengths])
     seed = philox_seed() if dropout_p > 0 else 0
-    out = CrossModalAttentionFunction.apply(q, gates, q_len, kv_len, scale, float(dropout_p), seed,
-                                            bool(joint), S, *ks, *vs)
+    with nvtx_range("op/cross_modal_attention"):
+        out = CrossModalAttentionFunction.apply(q, gates, q_len, kv_len, scale, float(dropout_p), seed,
+                                                bool(joint), S, *ks, *vs)
     if not return_dropout_mask:
         return out
     return out, dropout_multipliers(B, S, H, Lq, [t.shape[1] for t in ks], dropout_p, seed, q.device)

@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 
 from .._checks import check_tensor
-from ._common import check_device, philox_seed, kernel_dtype
+from ..profiling import nvtx_range
+from ._common import check_device, kernel_dtype, philox_seed
 
 
 def _check_rows(name, t, n, device):
@@ -95,8 +96,9 @@ def variational_fusion(e: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     seed = philox_seed() if training and eps is None else 0
-    out = VariationalFusionFunction.apply(e, weight, bias, eps, row_mask, bool(training),
-                                          float(logvar_clamp), seed, bool(return_eps))
+    with nvtx_range("op/variational_fusion"):
+        out = VariationalFusionFunction.apply(e, weight, bias, eps, row_mask, bool(training),
+                                              float(logvar_clamp), seed, bool(return_eps))
     if return_eps and len(out) == 2:
         return out[0], out[1], eps if eps is not None else None
     return out
@@ -146,8 +148,9 @@ def poe_fusion(mu: torch.Tensor, logvar: torch.Tensor, *, eps: Optional[torch.Te
     eps = _check_eps(eps, (N, d_z), mu.device) if training else None
     row_mask = _check_rows("row_mask", row_mask, N, mu.device)
     seed = philox_seed() if training and eps is None else 0
-    out = PoEFusionFunction.apply(mu.contiguous(), logvar.contiguous(), eps, row_mask, bool(training),
-                                  float(logvar_clamp), seed, bool(return_eps))
+    with nvtx_range("op/poe_fusion"):
+        out = PoEFusionFunction.apply(mu.contiguous(), logvar.contiguous(), eps, row_mask,
+                                      bool(training), float(logvar_clamp), seed, bool(return_eps))
     if return_eps and len(out) == 2:
         return out[0], out[1], eps if eps is not None else None
     return out

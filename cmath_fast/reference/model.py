@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_index_range, check_lengths, check_tensor
+from ..profiling import nvtx_range
 from ..config import MODALITIES, MODALITY_NAMES, CMATHConfig
 from .layers import (CMALayer, CMATransformer, ModalityProjection, ModalityReconstruction,
                      VariationalFusion, masked_mean, padding_mask, sinusoidal_positions,
@@ -118,17 +119,20 @@ class CMATHReference(nn.Module):
         B, L = mask.shape
         d = self.cfg.d_model
         n_valid = mask.sum().clamp_min(1).to(torch.float32)
-        pos = sinusoidal_positions(L, d, device=mask.device, dtype=feats["t"].dtype)
-        spk = torch.where(mask, speakers.long(), torch.full_like(speakers.long(), self.cfg.num_speakers))
-        spk = self.speaker_embedding(spk)
-        hidden, rec = {}, feats["t"].new_zeros(())
-        for m in MODALITIES:
-            z, x_hat, x_std = self.encoders[m](feats[m], mask)
-            if x_hat is not None:
-                rec = rec + (x_hat - x_std).pow(2).sum() / (n_valid * x_std.shape[-1])
-            hidden[m] = self.embed_dropout(z + pos + spk)
-        if self.cfg.aux_self_attention:
-            hidden = {m: self.aux_encoders[m](h, [], lengths) for m, h in hidden.items()}
+        codes, rec = {}, feats["t"].new_zeros(())
+        with nvtx_range("reconstruction"):
+            for m in MODALITIES:
+                z, x_hat, x_std = self.encoders[m](feats[m], mask)
+                if x_hat is not None:
+                    rec = rec + (x_hat - x_std).pow(2).sum() / (n_valid * x_std.shape[-1])
+                codes[m] = z
+        with nvtx_range("embed"):
+            pos = sinusoidal_positions(L, d, device=mask.device, dtype=feats["t"].dtype)
+            spk = torch.where(mask, speakers.long(), torch.full_like(speakers.long(), self.cfg.num_speakers))
+            spk = self.speaker_embedding(spk)
+            hidden = {m: self.embed_dropout(z + pos + spk) for m, z in codes.items()}
+            if self.cfg.aux_self_attention:
+                hidden = {m: self.aux_encoders[m](h, [], lengths) for m, h in hidden.items()}
         return hidden, rec
 
     def run_cma(self, hidden, lengths):
@@ -136,7 +140,8 @@ class CMATHReference(nn.Module):
         fine = {}
         for c in self.cfg.centrals:
             order = stream_order(c)
-            fine[c] = self.cma[c](hidden[c], [hidden[m] for m in order[1:]], lengths)
+            with nvtx_range(f"cma/{c}"):
+                fine[c] = self.cma[c](hidden[c], [hidden[m] for m in order[1:]], lengths)
         return fine
 
     def forward(self, text, audio, visual, speakers, lengths, *, eps: Optional[torch.Tensor] = None
@@ -149,13 +154,19 @@ class CMATHReference(nn.Module):
         mask = padding_mask(lengths, L)
         hidden, rec = self.encode({"t": text, "a": audio, "v": visual}, speakers, mask, lengths)
         fine = self.run_cma(hidden, lengths)
-        coarse, kl = self.fusion([fine[c] for c in self.cfg.centrals], mask, eps)
-        m = mask[..., None].to(coarse.dtype)
-        logits = self.coarse_head(coarse) * m
-        fine_logits = {c: self.fine_heads[c](f) * m for c, f in fine.items()}
+        with nvtx_range("fusion"):
+            coarse, kl = self.fusion([fine[c] for c in self.cfg.centrals], mask, eps)
+        with nvtx_range("heads"):
+            logits, fine_logits = self.compute_heads(coarse, fine, mask)
         return CMATHOutput(logits=logits, fine_logits=fine_logits, fine=fine, coarse=coarse,
                            mask=mask, lengths=lengths, rec_loss=rec, kl=kl,
                            kl_loss=masked_mean(kl, mask))
+
+    def compute_heads(self, coarse, fine, mask):
+        """Coarse logits (the prediction) and fine logits per central, zero at padded positions."""
+        m = mask[..., None].to(coarse.dtype)
+        logits = self.coarse_head(coarse) * m
+        return logits, {c: self.fine_heads[c](f) * m for c, f in fine.items()}
 
     # ------------------------------------------------------------------ loss
     def beta_at(self, epoch: Optional[int]) -> float:
@@ -166,15 +177,13 @@ class CMATHReference(nn.Module):
         return cfg.beta * min(1.0, epoch / cfg.beta_warmup_epochs)
 
     def loss(self, out: CMATHOutput, labels: torch.Tensor, epoch: Optional[int] = None):
-        """Total loss and a dict of every term (as detached floats-to-be tensors)."""
-        cfg = self.cfg
-        mask = out.mask
-        check_tensor("labels", labels, ndim=2, integer=True)
-        if labels.shape != mask.shape:
-            raise ValueError(f"labels: expected shape {tuple(mask.shape)}, got {tuple(labels.shape)}")
-        check_index_range("labels", labels, mask, cfg.num_classes)
-        y = labels[mask].long()
-        weight = self.class_weights
+        """Total loss and a dict of every term (detached)."""
+        with nvtx_range("loss"):
+            return self._loss(out, labels, epoch)
+
+    def classification_terms(self, out: CMATHOutput, y: torch.Tensor) -> dict:
+        """CE of the coarse head, summed CE of the fine heads, logit and feature distillation."""
+        cfg, mask, weight = self.cfg, out.mask, self.class_weights
 
         def ce(logits):
             return F.cross_entropy(logits[mask].float(), y, weight=weight) if y.numel() \
@@ -182,7 +191,6 @@ class CMATHReference(nn.Module):
 
         terms = {"ce": ce(out.logits)}
         terms["fine_ce"] = sum(ce(lg) for lg in out.fine_logits.values())
-
         tau = cfg.tau
         teacher = out.logits.detach() if cfg.detach_teacher else out.logits
         log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
@@ -192,12 +200,21 @@ class CMATHReference(nn.Module):
             kl_rows = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
             kd = kd + masked_mean(kl_rows, mask)
         terms["kd_logit"] = kd * (tau * tau if cfg.tau_squared else 1.0)
-
         target = out.coarse.detach()
         feat = 0.0
         for f in out.fine.values():
             feat = feat + masked_mean(1.0 - F.cosine_similarity(f.float(), target.float(), dim=-1), mask)
         terms["kd_feat"] = feat
+        return terms
+
+    def _loss(self, out: CMATHOutput, labels: torch.Tensor, epoch: Optional[int]):
+        cfg = self.cfg
+        mask = out.mask
+        check_tensor("labels", labels, ndim=2, integer=True)
+        if labels.shape != mask.shape:
+            raise ValueError(f"labels: expected shape {tuple(mask.shape)}, got {tuple(labels.shape)}")
+        check_index_range("labels", labels, mask, cfg.num_classes)
+        terms = self.classification_terms(out, labels[mask].long())
         terms["rec"] = out.rec_loss.float()
         terms["kl"] = out.kl_loss.float()
 
