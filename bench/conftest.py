@@ -1,0 +1,46 @@
+"""The GPU benchmark suite (pytest-benchmark). Without CUDA every benchmark is collected and
+skipped with the reason. Results also go to a CSV (schema in cmath_fast.bench.results): set
+CMATH_FAST_BENCH_CSV, else bench/results/<gpu>-<date>.csv."""
+
+import os
+
+import pytest
+import torch
+
+from cmath_fast.bench.results import append_row, default_csv_path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "quick: the quick subset (R1/R2 d1024, every provider; the model step)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.cuda)
+        if not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="GPU benchmark: no CUDA device on this machine"))
+
+
+@pytest.fixture(scope="session")
+def csv_path():
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.environ.get("CMATH_FAST_BENCH_CSV") or default_csv_path(os.path.join(here, "results"))
+
+
+@pytest.fixture
+def record(benchmark, csv_path):
+    """record(run, row): time ``run`` with do_bench, report it through pytest-benchmark's
+    extra_info and a short pedantic run, and append the row to the CSV."""
+    from cmath_fast.bench.timing import measure
+
+    def _record(run, row, flops=None, nbytes=None):
+        stats = measure(run)
+        secs = stats["median_us"] * 1e-6
+        row = dict(row, **stats, tflops=(flops / secs / 1e12) if flops else float("nan"),
+                   gbps=(nbytes / secs / 1e9) if nbytes else float("nan"))
+        benchmark.extra_info.update({k: v for k, v in row.items()})
+        benchmark.pedantic(lambda: (run(), torch.cuda.synchronize()), rounds=3, warmup_rounds=1)
+        append_row(csv_path, row)
+        return row
+    return _record
