@@ -221,6 +221,7 @@ def _cmd_bench(args) -> int:
 def _cmd_profile(args) -> int:
     from . import profiling
     from .model import CMATH
+    from .training import train_step
     if args.backend == "triton":
         _use_interpreter_without_cuda()
     cfg = CMATHConfig.preset(args.config)
@@ -232,13 +233,7 @@ def _cmd_profile(args) -> int:
     text, audio, visual, speakers, lens, labels = random_batch(cfg, lengths, gen, args.device)
 
     def step():
-        out = model(text, audio, visual, speakers, lens)
-        total, _ = model.loss(out, labels, epoch=1)
-        opt.zero_grad(set_to_none=True)
-        with profiling.nvtx_range("backward", "bwd"):
-            total.backward()
-        with profiling.nvtx_range("optimizer", "step"):
-            opt.step()
+        train_step(model, opt, (text, audio, visual, speakers, lens), labels, epoch=1)
 
     for _ in range(args.warmup):
         step()

@@ -243,6 +243,21 @@ def load_model(path: str, device: str = "cpu", backend: str = "auto"):
 
 
 # ---------------------------------------------------------------------- training
+def train_step(model: CMATH, opt: torch.optim.Optimizer, inputs, labels, epoch: Optional[int],
+               max_grad_norm: float = 0.0):
+    """One step: forward, loss, backward, (clip), optimiser step, with NVTX ranges."""
+    out = model(*inputs)
+    total, terms = model.loss(out, labels, epoch=epoch)
+    opt.zero_grad(set_to_none=True)
+    with nvtx_range("backward", "bwd"):
+        total.backward()
+    with nvtx_range("optimizer", "step"):
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        opt.step()
+    return total, terms
+
+
 def _write_history(path: str, history: List[dict]) -> None:
     if not history:
         return
@@ -303,15 +318,7 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
         bar = _progress(n_steps, f"epoch {epoch}", opts.progress)
         for batch in iterate_batches(train_d, opts.batch_size, shuffle=True, generator=shuffle_gen):
             b = batch.to(opts.device)
-            out = model(*b.inputs())
-            total, terms = model.loss(out, b.labels, epoch=epoch)
-            opt.zero_grad(set_to_none=True)
-            with nvtx_range("backward", "bwd"):
-                total.backward()
-            with nvtx_range("optimizer", "step"):
-                if opts.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
-                opt.step()
+            total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             bar.update(1)

@@ -113,6 +113,34 @@ def _vf_fwd_kernel(
     tl.store(KLP + pid_z * N + rows, kl, mask=row_ok)
 
 
+@triton.jit
+def _latent_grads(mu, lv, DZ, dz_offs, DKL, EPS, eps_offs, ROWMASK, seed, rows, cols, row_ok, mask, d_z,
+                  HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, HAS_EPS: tl.constexpr,
+                  SAMPLE: tl.constexpr, HAS_ROWMASK: tl.constexpr):
+    """(d mu, d lv) of z = mu + exp(lv / 2) eps and kl = -1/2 sum(1 + lv - mu^2 - exp(lv)) for a
+    tile, from the upstream dz (at dz_offs) and per-row dkl; eps loaded or regenerated."""
+    dmu = tl.zeros(mu.shape, tl.float32)
+    dlv = tl.zeros(mu.shape, tl.float32)
+    if HAS_DZ:
+        dz = tl.load(DZ + dz_offs, mask=mask, other=0.0).to(tl.float32)
+        dmu += dz
+        if SAMPLE:
+            if HAS_EPS:
+                eps = tl.load(EPS + eps_offs, mask=mask, other=0.0).to(tl.float32)
+            else:
+                eps = _noise(seed, rows, cols, d_z)
+            dlv += dz * eps * 0.5 * tl.exp(0.5 * lv)
+    if HAS_DKL:
+        dkl = tl.load(DKL + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_ROWMASK:
+            keep = tl.load(ROWMASK + rows, mask=row_ok, other=0)
+            dkl = tl.where(keep != 0, dkl, 0.0)
+        # d kl / d mu = mu;  d kl / d lv = (exp(lv) - 1) / 2
+        dmu += dkl[:, None] * mu
+        dlv += dkl[:, None] * 0.5 * (tl.exp(lv) - 1.0)
+    return dmu, dlv
+
+
 @triton.jit(do_not_specialize=["N"])
 def _vf_bwd_kernel(
     HSAVED, DZ, DKL, EPS, ROWMASK, DH,
@@ -136,26 +164,9 @@ def _vf_bwd_kernel(
     mu = tl.load(h_ptrs, mask=mask, other=0.0)
     lv_raw = tl.load(h_ptrs + d_z, mask=mask, other=0.0)
     lv = tl.minimum(tl.maximum(lv_raw, -logvar_clamp), logvar_clamp)
-    dmu = tl.zeros([BLOCK_N, BLOCK_Z], tl.float32)
-    dlv = tl.zeros([BLOCK_N, BLOCK_Z], tl.float32)
-    if HAS_DZ:
-        dz = tl.load(DZ + rows[:, None] * stride_dzn + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dmu += dz
-        if SAMPLE:
-            if HAS_EPS:
-                eps = tl.load(EPS + rows[:, None] * stride_epsn + cols[None, :], mask=mask,
-                              other=0.0).to(tl.float32)
-            else:
-                eps = _noise(seed, rows, cols, d_z)
-            dlv += dz * eps * 0.5 * tl.exp(0.5 * lv)
-    if HAS_DKL:
-        dkl = tl.load(DKL + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if HAS_ROWMASK:
-            keep = tl.load(ROWMASK + rows, mask=row_ok, other=0)
-            dkl = tl.where(keep != 0, dkl, 0.0)
-        # d kl / d mu = mu;  d kl / d lv = (exp(lv) - 1) / 2
-        dmu += dkl[:, None] * mu
-        dlv += dkl[:, None] * 0.5 * (tl.exp(lv) - 1.0)
+    dmu, dlv = _latent_grads(mu, lv, DZ, rows[:, None] * stride_dzn + cols[None, :], DKL, EPS,
+                             rows[:, None] * stride_epsn + cols[None, :], ROWMASK, seed, rows, cols,
+                             row_ok, mask, d_z, HAS_DZ, HAS_DKL, HAS_EPS, SAMPLE, HAS_ROWMASK)
     # torch.clamp passes the gradient where lo <= x <= hi (inclusive), and blocks it outside.
     dlv = tl.where((lv_raw >= -logvar_clamp) & (lv_raw <= logvar_clamp), dlv, 0.0)
     d_ptrs = DH + rows[:, None] * (2 * d_z) + cols[None, :]
@@ -238,24 +249,8 @@ def _poe_bwd_kernel(
     prec, num = _poe_combine(MU, LV, offs, mask, stride_m, logvar_clamp, M)
     mu = num / prec
     lv = -tl.log(prec)
-    dmu = tl.zeros([BLOCK_N, BLOCK_Z], tl.float32)
-    dlv = tl.zeros([BLOCK_N, BLOCK_Z], tl.float32)
-    if HAS_DZ:
-        dz = tl.load(DZ + offs, mask=mask, other=0.0).to(tl.float32)
-        dmu += dz
-        if SAMPLE:
-            if HAS_EPS:
-                eps = tl.load(EPS + offs, mask=mask, other=0.0).to(tl.float32)
-            else:
-                eps = _noise(seed, rows, cols, d_z)
-            dlv += dz * eps * 0.5 * tl.exp(0.5 * lv)
-    if HAS_DKL:
-        dkl = tl.load(DKL + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if HAS_ROWMASK:
-            keep = tl.load(ROWMASK + rows, mask=row_ok, other=0)
-            dkl = tl.where(keep != 0, dkl, 0.0)
-        dmu += dkl[:, None] * mu
-        dlv += dkl[:, None] * 0.5 * (tl.exp(lv) - 1.0)
+    dmu, dlv = _latent_grads(mu, lv, DZ, offs, DKL, EPS, offs, ROWMASK, seed, rows, cols, row_ok, mask,
+                             d_z, HAS_DZ, HAS_DKL, HAS_EPS, SAMPLE, HAS_ROWMASK)
     inv_p = 1.0 / prec
     for m in tl.static_range(M):
         mu_m = tl.load(MU + m * stride_m + offs, mask=mask, other=0.0).to(tl.float32)

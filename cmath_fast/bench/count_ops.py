@@ -122,6 +122,7 @@ def count_training_step(cfg, backend: str, lengths=(7, 5, 3, 1), seed: int = 0) 
     """(total, per-component counts, per-op counts) of one training step of CMATH(cfg, backend)."""
     from ..cli import random_batch
     from ..model import CMATH
+    from ..training import train_step
 
     torch.manual_seed(seed)
     model = CMATH(cfg, backend=backend)
@@ -137,13 +138,7 @@ def count_training_step(cfg, backend: str, lengths=(7, 5, 3, 1), seed: int = 0) 
     for counting in (False, True):
         counter = OpCounter()
         with skip_value_checks(), (counter if counting else _Null()):
-            out = model(text, audio, visual, speakers, lens)
-            total, _ = model.loss(out, labels, epoch=1)
-            opt.zero_grad(set_to_none=True)
-            with profiling.nvtx_range("backward", "bwd"):
-                total.backward()
-            with profiling.nvtx_range("optimizer", "step"):
-                opt.step()
+            train_step(model, opt, (text, audio, visual, speakers, lens), labels, epoch=1)
     return sum(counter.counts.values()), dict(counter.counts), counter.ops
 
 
