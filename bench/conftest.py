@@ -15,8 +15,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU")
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 def pytest_collection_modifyitems(config, items):
+    # Hooks in a conftest see every collected item: act on this folder's benchmarks only.
     for item in items:
+        if not str(item.path).startswith(HERE + os.sep):
+            continue
         item.add_marker(pytest.mark.cuda)
         if not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="GPU benchmark: no CUDA device on this machine"))
@@ -24,8 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def csv_path():
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.environ.get("CMATH_FAST_BENCH_CSV") or default_csv_path(os.path.join(here, "results"))
+    return os.environ.get("CMATH_FAST_BENCH_CSV") or default_csv_path(os.path.join(HERE, "results"))
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def _switch_configs():
     yield pytest.param({"num_layers": 2, "attn_dropout": 0.2}, id="layers=2,attn_dropout")
 
 
-@pytest.mark.parametrize("overrides", _switch_configs())
+@pytest.mark.parametrize("overrides", list(_switch_configs()))
 def test_shapes_and_no_nan_for_every_switch(overrides):
     cfg = CMATHConfig.tiny(**overrides)
     model = CMATH(cfg, backend="torch")
