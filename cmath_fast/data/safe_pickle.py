@@ -13,7 +13,7 @@ import pickle
 from typing import Any
 
 # (module, name) pairs a feature pickle may reference.
-_BUILTINS = ("set", "frozenset", "list", "dict", "tuple", "bytearray", "complex")
+_BUILTINS = ("set", "frozenset", "list", "dict", "tuple", "bytes", "bytearray", "complex")
 ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
