@@ -61,3 +61,7 @@ def format_report() -> str:
     rows = report()
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+if __name__ == "__main__":
+    print(format_report())
