@@ -50,22 +50,25 @@ class CMATH(CMATHReference):
         stacked = _linear(h, [hd[2] for hd in heads]).view(C, B, L, -1) * m
         return self.coarse_head(coarse) * m, dict(zip(fine, stacked.unbind(0)))
 
-    def classification_terms(self, out, y):
+    def classification_terms(self, out, labels):
         if self.backend != "triton" or len(out.fine_logits) == 1:
-            return super().classification_terms(out, y)
+            return super().classification_terms(out, labels)
         cfg, mask = self.cfg, out.mask
-        C = len(out.fine_logits)
         n = mask.sum().clamp_min(1).float()
         fine_logits = torch.stack(list(out.fine_logits.values()))  # (C, B, L, K)
-        terms = {}
-        if y.numel():
-            terms["ce"] = F.cross_entropy(out.logits[mask].float(), y, weight=self.class_weights)
-            # the mean over the C stacked copies, times C, is the sum of the C per-head means
-            terms["fine_ce"] = C * F.cross_entropy(fine_logits[:, mask].flatten(0, 1).float(),
-                                                   y.repeat(C), weight=self.class_weights)
-        else:
-            terms["ce"] = out.logits.sum() * 0.0
-            terms["fine_ce"] = fine_logits.sum() * 0.0
+        # Cross-entropies without boolean indexing (no host sync): per-position NLL weighted by
+        # the class weight on valid positions; the C fine heads' weighted means summed.
+        y = torch.where(mask, labels, torch.zeros_like(labels)).long()
+        w = self.class_weights[y] if self.class_weights is not None else torch.ones_like(y, dtype=torch.float32)
+        w = w * mask
+        w_sum = w.sum().clamp_min(1e-12)
+
+        def nll(logits):
+            lp = F.log_softmax(logits.float(), dim=-1)
+            return -lp.gather(-1, y.expand(lp.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+
+        terms = {"ce": (nll(out.logits) * w).sum() / w_sum,
+                 "fine_ce": (nll(fine_logits) * w).sum() / w_sum}
         tau = cfg.tau
         teacher = out.logits.detach() if cfg.detach_teacher else out.logits
         log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)

@@ -181,9 +181,10 @@ class CMATHReference(nn.Module):
         with nvtx_range("loss"):
             return self._loss(out, labels, epoch)
 
-    def classification_terms(self, out: CMATHOutput, y: torch.Tensor) -> dict:
+    def classification_terms(self, out: CMATHOutput, labels: torch.Tensor) -> dict:
         """CE of the coarse head, summed CE of the fine heads, logit and feature distillation."""
         cfg, mask, weight = self.cfg, out.mask, self.class_weights
+        y = labels[mask].long()
 
         def ce(logits):
             return F.cross_entropy(logits[mask].float(), y, weight=weight) if y.numel() \
@@ -214,7 +215,7 @@ class CMATHReference(nn.Module):
         if labels.shape != mask.shape:
             raise ValueError(f"labels: expected shape {tuple(mask.shape)}, got {tuple(labels.shape)}")
         check_index_range("labels", labels, mask, cfg.num_classes)
-        terms = self.classification_terms(out, labels[mask].long())
+        terms = self.classification_terms(out, labels)
         terms["rec"] = out.rec_loss.float()
         terms["kl"] = out.kl_loss.float()
 

@@ -17,7 +17,7 @@ VARIANTS = [
     pytest.param({}, id="default"),
     pytest.param({"centrals": ("t",)}, id="text-central"),
     pytest.param({"cross_gate": "sum", "aux_self_attention": True, "num_layers": 2}, id="sum-aux-2layers"),
-    pytest.param({"fusion": "poe", "centrals": ("a", "v")}, id="poe"),
+    pytest.param({"fusion": "poe", "centrals": ("a", "v"), "class_weights": [1, 2, 0.5, 3]}, id="poe-weighted"),
     pytest.param({"fusion": "concat", "reconstruction": False}, id="concat"),
 ]
 
