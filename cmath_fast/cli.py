@@ -1,4 +1,6 @@
-"""The ``cmath-fast`` command line."""
+"""cmath-fast: CMATH for multimodal emotion recognition in conversation — train, evaluate and
+predict from IEMOCAP/MELD feature files or synthetic data, inspect and convert data, benchmark
+and profile the fused kernels."""
 
 from __future__ import annotations
 
@@ -260,7 +262,8 @@ def _cmd_profile(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cmath-fast", description=__doc__)
+    p = argparse.ArgumentParser(prog="cmath-fast", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("env", help="versions, devices and which backends can run, and why not")
