@@ -141,3 +141,14 @@ def test_nvtx_ranges_are_free_when_disabled():
         profiling._LISTENERS.clear()
     assert seen == [("cmath/fusion/fwd", True), ("cmath/fusion/fwd", False)]
     assert math.isfinite(1.0)
+
+
+def test_long_reference_path_matches_eager():
+    """The dialogue-by-dialogue SDPA reference used for long shapes equals the eager one."""
+    from cmath_fast.bench import providers
+    from cmath_fast.reference import cross_modal_attention_ref
+    shape = AttentionShape("long", (1030, 7), d=32, heads=2, centrals=1, streams=2)
+    inp = providers.attention_inputs(shape, torch.float32, device="cpu", requires_grad=False)
+    long_ref = providers.reference_attention(inp)
+    eager = cross_modal_attention_ref(inp.q, inp.ks(), inp.vs(), inp.lengths, [inp.lengths] * 2, gates=inp.gates)
+    torch.testing.assert_close(long_ref, eager, atol=1e-5, rtol=1e-5)
