@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .config import MODALITIES, MODALITY_NAMES, CMATHConfig
-from .data.dataset import DataError, Dialogue, MERData, iterate_batches, num_batches
+from .data.dataset import DataError, Dialogue, MERData, feature_stats, iterate_batches, num_batches
 from .data.loaders import KNOWN_VARIANTS
 from .io import atomic_write_text, load_checkpoint, save_checkpoint
 from .model import CMATH
@@ -289,7 +289,7 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
 
     torch.manual_seed(opts.seed)
     model = CMATH(cfg, backend=opts.backend)
-    model.set_feature_stats(_stats(train_d))
+    model.set_feature_stats(feature_stats(train_d))
     model.to(opts.device)
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     shuffle_gen = torch.Generator().manual_seed(opts.seed)
@@ -392,37 +392,16 @@ def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, see
     return result
 
 
-def _stats(dialogues: Sequence[Dialogue]):
-    stats = {}
-    for m in MODALITIES:
-        x = np.concatenate([d.feature(m) for d in dialogues if len(d)], axis=0).astype(np.float64)
-        stats[m] = (x.mean(0).astype(np.float32), x.std(0).astype(np.float32))
-    return stats
-
-
 def _confusion(m: dict, n_classes: int) -> List[List[int]]:
     from sklearn.metrics import confusion_matrix
 
     return confusion_matrix(m["_y_true"], m["_y_pred"], labels=list(range(n_classes))).tolist()
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled)
 
 
 def _plots(out_dir: str, history: List[dict], result: dict) -> None:

@@ -3,7 +3,6 @@ import os
 import pytest
 import torch
 
-from cmath_fast.cli import random_batch  # noqa: F401  (re-exported for the tests)
 
 
 def pytest_configure(config):

@@ -97,12 +97,7 @@ class MERData:
 
     def feature_stats(self, split: str = "train") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Per-feature mean and std over the utterances of ``split`` (for the standardisation)."""
-        dialogues = self.split(split) if split in self.splits else list(self.dialogues.values())
-        stats = {}
-        for m in MODALITIES:
-            x = np.concatenate([d.feature(m) for d in dialogues if len(d)], axis=0).astype(np.float64)
-            stats[m] = (x.mean(0).astype(np.float32), x.std(0).astype(np.float32))
-        return stats
+        return feature_stats(self.split(split) if split in self.splits else list(self.dialogues.values()))
 
     def summary(self) -> List[str]:
         lines = [f"layout: {self.layout} ({self.dataset})",
@@ -121,6 +116,15 @@ class MERData:
         lines.append(f"dialogue length: min {min(lengths)}, mean {np.mean(lengths):.1f}, max {max(lengths)}")
         lines.extend(f"note: {n}" for n in self.notes)
         return lines
+
+
+def feature_stats(dialogues: Sequence[Dialogue]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Per-feature (mean, std) of each modality over the utterances of ``dialogues``."""
+    stats = {}
+    for m in MODALITIES:
+        x = np.concatenate([d.feature(m) for d in dialogues if len(d)], axis=0).astype(np.float64)
+        stats[m] = (x.mean(0).astype(np.float32), x.std(0).astype(np.float32))
+    return stats
 
 
 @dataclass

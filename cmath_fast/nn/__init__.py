@@ -10,8 +10,8 @@ __all__ = ["FusedCrossModalAttention", "FusedVariationalFusion", "fuse_attention
 def fuse_fusion_layer(fusion) -> bool:
     """Turn the model's VariationalFusion into FusedVariationalFusion in place (gaussian and poe;
     concat has no latent). Returns whether the layer was converted."""
-    from .fusion import FusedVariationalFusion
-    if type(fusion).__name__ != "VariationalFusion" or fusion.kind == "concat":
+    from ..reference.layers import VariationalFusion
+    if type(fusion) is not VariationalFusion or fusion.kind == "concat":
         return False
     fusion.__class__ = FusedVariationalFusion
     return True

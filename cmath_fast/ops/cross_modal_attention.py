@@ -9,6 +9,7 @@ import torch
 
 from .._checks import check_lengths, check_tensor
 from ..profiling import nvtx_range
+from ..reference.functional import check_streams
 from ._common import check_device, kernel_dtype, philox_seed
 
 MAX_HEAD_DIM = 128
@@ -69,6 +70,17 @@ class CrossModalAttentionFunction(torch.autograd.Function):
         return (dq, dg, None, None, None, None, None, None, None, *dks, *dvs)
 
 
+def _check_gates_and_dropout(gates, shape, dropout_p):
+    """The gates' shape (returned contiguous, as the kernels read them) and the dropout range."""
+    if gates is not None:
+        if tuple(gates.shape) != tuple(shape):
+            raise ValueError(f"gates: expected shape {tuple(shape)}, got {tuple(gates.shape)}")
+        gates = gates.contiguous()
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p: expected a probability in [0, 1), got {dropout_p}")
+    return gates
+
+
 class PackedKVAttentionFunction(torch.autograd.Function):
     """The same op with keys and values packed in one tensor kv (S, B, Lk, 2, H, dh) — the layout
     one GEMM over [W_k | W_v] produces. Its gradient comes back packed too, in one buffer that the
@@ -121,11 +133,7 @@ def cross_modal_attention_packed(q: torch.Tensor, kv: torch.Tensor, lengths: tor
     check_lengths("lengths", lengths, B, L)
     if gates is not None:
         check_tensor("gates", gates, ndim=4, floating=True, device=q.device)
-        if tuple(gates.shape) != (B, L, S, H):
-            raise ValueError(f"gates: expected shape {(B, L, S, H)}, got {tuple(gates.shape)}")
-        gates = gates.contiguous()
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p: expected a probability in [0, 1), got {dropout_p}")
+    gates = _check_gates_and_dropout(gates, (B, L, S, H), dropout_p)
     scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
     q_len = lengths.to(device=q.device, dtype=torch.int32)
     kv_len = q_len.expand(S, B)
@@ -161,33 +169,13 @@ def cross_modal_attention(
     B, Lq, H, dh = q.shape
     if not 1 <= dh <= MAX_HEAD_DIM:
         raise ValueError(f"q: head dim must be in [1, {MAX_HEAD_DIM}], got {dh}")
-    if not isinstance(ks, (list, tuple)) or not isinstance(vs, (list, tuple)) \
-            or not isinstance(kv_lengths, (list, tuple)):
-        raise TypeError("ks, vs and kv_lengths must be lists, one entry per stream")
-    S = len(ks)
-    if S < 1 or len(vs) != S or len(kv_lengths) != S:
-        raise ValueError(f"expected the same number (>= 1) of streams in ks, vs and kv_lengths, got "
-                         f"{len(ks)}, {len(vs)}, {len(kv_lengths)}")
+    S = check_streams(q, ks, vs, kv_lengths, gates, None)
+    check_lengths("q_lengths", q_lengths, B, Lq)
     for name, t in [("q", q)] + [(f"ks[{s}]", ks[s]) for s in range(S)] + \
             [(f"vs[{s}]", vs[s]) for s in range(S)]:
-        check_tensor(name, t, ndim=4, dtype=q.dtype, device=q.device)
         if t.stride(-1) != 1:
             raise ValueError(f"{name}: the last (head) dim must be contiguous, got strides {t.stride()}")
-        if name != "q" and (t.shape[0] != B or t.shape[2] != H or t.shape[3] != dh):
-            raise ValueError(f"{name}: expected shape (B={B}, Lk, H={H}, dh={dh}), got {tuple(t.shape)}")
-    for s in range(S):
-        if vs[s].shape[1] != ks[s].shape[1]:
-            raise ValueError(f"vs[{s}]: expected Lk={ks[s].shape[1]} as ks[{s}], got {vs[s].shape[1]}")
-    check_lengths("q_lengths", q_lengths, B, Lq)
-    for s in range(S):
-        check_lengths(f"kv_lengths[{s}]", kv_lengths[s], B, ks[s].shape[1])
-    if gates is not None:
-        check_tensor("gates", gates, ndim=4, floating=True, device=q.device)
-        if tuple(gates.shape) != (B, Lq, S, H):
-            raise ValueError(f"gates: expected shape {(B, Lq, S, H)}, got {tuple(gates.shape)}")
-        gates = gates.contiguous()
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p: expected a probability in [0, 1), got {dropout_p}")
+    gates = _check_gates_and_dropout(gates, (B, Lq, S, H), dropout_p)
 
     scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
     q_len = q_lengths.to(device=q.device, dtype=torch.int32)

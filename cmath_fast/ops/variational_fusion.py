@@ -99,8 +99,8 @@ def variational_fusion(e: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     with nvtx_range("op/variational_fusion"):
         out = VariationalFusionFunction.apply(e, weight, bias, eps, row_mask, bool(training),
                                               float(logvar_clamp), seed, bool(return_eps))
-    if return_eps and len(out) == 2:
-        return out[0], out[1], eps if eps is not None else None
+    if return_eps and len(out) == 2:  # the noise was given (or eval): return it as it came
+        return out[0], out[1], eps
     return out
 
 
@@ -151,6 +151,6 @@ def poe_fusion(mu: torch.Tensor, logvar: torch.Tensor, *, eps: Optional[torch.Te
     with nvtx_range("op/poe_fusion"):
         out = PoEFusionFunction.apply(mu.contiguous(), logvar.contiguous(), eps, row_mask,
                                       bool(training), float(logvar_clamp), seed, bool(return_eps))
-    if return_eps and len(out) == 2:
-        return out[0], out[1], eps if eps is not None else None
+    if return_eps and len(out) == 2:  # the noise was given (or eval): return it as it came
+        return out[0], out[1], eps
     return out

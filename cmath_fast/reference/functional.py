@@ -43,7 +43,7 @@ def cross_modal_attention_ref(
     Returns (B, Lq, S, H, dh). A query row with no valid key in a stream gets zeros for that
     stream; padded query rows are zero.
     """
-    S = _check_streams(q, ks, vs, kv_lengths, gates, dropout_mask)
+    S = check_streams(q, ks, vs, kv_lengths, gates, dropout_mask)
     B, Lq, H, dh = q.shape
     check_lengths("q_lengths", q_lengths, B, Lq)
     scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
@@ -82,7 +82,7 @@ def _masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.softmax(filled, dim=-1) * valid.to(scores.dtype)
 
 
-def _check_streams(q, ks, vs, kv_lengths, gates, dropout_mask) -> int:
+def check_streams(q, ks, vs, kv_lengths, gates, dropout_mask) -> int:
     check_tensor("q", q, ndim=4, floating=True)
     B, Lq, H, dh = q.shape
     if not isinstance(ks, (list, tuple)) or not isinstance(vs, (list, tuple)):
