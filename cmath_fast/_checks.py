@@ -74,3 +74,39 @@ def check_index_range(name: str, values: torch.Tensor, valid: torch.Tensor, uppe
         if lo < 0 or hi >= upper:
             raise ValueError(
                 f"{name}: expected values in [0, {upper - 1}] at valid positions, got min {lo}, max {hi}")
+
+
+def check_streams(q, ks, vs, kv_lengths, gates, dropout_mask) -> int:
+    """The streams of a multi-stream attention call (see ``cross_modal_attention_ref``): the same
+    count of keys, values and key lengths, each shaped like q; returns that count S."""
+    check_tensor("q", q, ndim=4, floating=True)
+    B, Lq, H, dh = q.shape
+    if not isinstance(ks, (list, tuple)) or not isinstance(vs, (list, tuple)):
+        raise TypeError("ks and vs must be lists of tensors, one per stream")
+    S = len(ks)
+    if S < 1 or len(vs) != S or len(kv_lengths) != S:
+        raise ValueError(
+            f"expected the same number (>= 1) of streams in ks, vs and kv_lengths, got "
+            f"{len(ks)}, {len(vs)}, {len(kv_lengths)}")
+    for s in range(S):
+        for name, t in ((f"ks[{s}]", ks[s]), (f"vs[{s}]", vs[s])):
+            check_tensor(name, t, ndim=4, floating=True, dtype=q.dtype, device=q.device)
+            if t.shape[0] != B or t.shape[2] != H or t.shape[3] != dh:
+                raise ValueError(
+                    f"{name}: expected shape (B={B}, Lk, H={H}, dh={dh}), got {tuple(t.shape)}")
+        if vs[s].shape[1] != ks[s].shape[1]:
+            raise ValueError(
+                f"vs[{s}]: expected Lk={ks[s].shape[1]} as ks[{s}], got {vs[s].shape[1]}")
+        check_lengths(f"kv_lengths[{s}]", kv_lengths[s], B, ks[s].shape[1])
+    if gates is not None:
+        check_tensor("gates", gates, ndim=4, floating=True, device=q.device)
+        if tuple(gates.shape) != (B, Lq, S, H):
+            raise ValueError(f"gates: expected shape {(B, Lq, S, H)}, got {tuple(gates.shape)}")
+    if dropout_mask is not None:
+        if len(dropout_mask) != S:
+            raise ValueError(f"dropout_mask: expected {S} tensors, got {len(dropout_mask)}")
+        for s, m in enumerate(dropout_mask):
+            want = (B, H, Lq, ks[s].shape[1])
+            if tuple(m.shape) != want:
+                raise ValueError(f"dropout_mask[{s}]: expected shape {want}, got {tuple(m.shape)}")
+    return S

@@ -8,10 +8,16 @@ Math, per batch row b, head h and stream s (S streams, each with its own key len
 Rows i >= q_len[b] and rows with no valid key are written as zeros (never NaN).
 
 Layouts (last dim contiguous everywhere):
-    q    (B, Lq, H, dh)          k, v (S, B, Lk, H, dh)    (any strides on the first four dims)
-    out  (B, Lq, S, H, dh)       the layout an output projection over [O_1; ...; O_S] consumes
+    q    (B, Lq, H, dh)          k, v (S, B, Lk, H, dh)    (any strides on the first four dims,
+                                                             k and v sharing them)
+    gates (B, Lq, S, H)          contiguous
+    out  (B, Lq, S, H, dh)       contiguous: the layout an output projection over [O_1; ...; O_S]
+                                 consumes
     lse  (B, S, H, Lq) fp32      log2-sum-exp of the scaled scores (base 2), BIG for empty rows
-    q_len (B,) int32             kv_len (S, B) int32
+    q_len (B,) int32             kv_len (S, B) int32 (any stride between streams)
+Kernels take strides only for the tensors the caller hands in (q, k/v, dk/dv); buffers the
+launchers allocate contiguous (out, lse, delta, dq, the gated output gradient; the gates, made
+contiguous by the op) are addressed from their shapes.
 Saved for backward: q, k, v, out, the ungated output when gates are given (so that d(gates) is
 exact where a gate is 0), lse, the lengths and the dropout seed (the mask is regenerated).
 
@@ -28,20 +34,12 @@ This module knows nothing of CMATH; ``cmath_fast.ops`` wraps it in autograd.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-# lse stored for a row with no valid key: exp2(score - BIG) underflows to exactly 0.
-BIG = 1.0e30
-NEG = -1.0e30
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ._common import BIG, LOG2E, NEG, block_d, dot_precision, launch, load_rows, tile_prologue, upcast
+from .configs import attention_tile
 
 
 @triton.jit
@@ -51,26 +49,20 @@ def _keep(seed, row, offs_m, offs_n, Lk, p_drop):
     return rnd >= p_drop
 
 
-# Integers that change with the lengths are not specialised (divisibility by 16 would otherwise
-# compile a new variant for some new lengths).
-_LENGTH_ARGS = ["Lq", "Lk", "stride_qb", "stride_ks", "stride_kb", "stride_vs", "stride_vb",
-                "stride_gb", "stride_ob", "stride_dob", "stride_dks", "stride_dkb", "stride_dqb"]
+@triton.jit
+def _out_offsets(b, offs_m, s, h, offs_d, Lq, S: tl.constexpr, H, dh):
+    """Offsets into a contiguous (B, Lq, S, H, dh) tensor (out, its gradient) of one tile."""
+    return ((b * Lq + offs_m[:, None]) * S + s) * H * dh + h * dh + offs_d[None, :]
 
 
-def _nospec(*names):
-    return [n for n in _LENGTH_ARGS if n in names]
-
-
-@triton.jit(do_not_specialize=_nospec("Lq", "Lk", "stride_qb", "stride_ks", "stride_kb", "stride_vs",
-                                      "stride_vb", "stride_gb", "stride_ob"))
+# Integers that change from call to call are not specialised: divisibility by 16 of a length, a
+# batch stride or the seed would otherwise compile a new variant for some new values.
+@triton.jit(do_not_specialize=["seed", "stride_qb", "stride_ks", "stride_kb", "Lq", "Lk"])
 def _cma_fwd_kernel(
     Q, K, V, G, O, OU, LSE, QLEN, KVLEN,
     sm_scale, seed, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
-    stride_vs, stride_vb, stride_vn, stride_vh,
-    stride_gb, stride_gm, stride_gs,
-    stride_ob, stride_om, stride_os, stride_oh,
     stride_kvls,
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -78,72 +70,64 @@ def _cma_fwd_kernel(
     JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Forward. Q (B, Lq, H, dh); K, V (S, B, Lk, H, dh); G (B, Lq, S, H) gates; O, OU
-    (B, Lq, S, H, dh) gated and ungated outputs; LSE (B, S, H, Lq) fp32; QLEN (B,) and KVLEN (S, B)
-    int32. Constexprs: S streams; BLOCK_M x BLOCK_N tiles; BLOCK_D = dh padded to a power of two
-    (EVEN_D when equal); feature flags as named; UPCAST loads to fp32 (the interpreter's bf16 is
-    wrong); PRECISION the tl.dot input precision.
+    """Forward. Q (B, Lq, H, dh); K, V (S, B, Lk, H, dh) sharing strides; G (B, Lq, S, H) gates;
+    O, OU (B, Lq, S, H, dh) gated and ungated outputs; LSE (B, S, H, Lq) fp32; QLEN (B,) and
+    KVLEN (S, B) int32. Constexprs: S streams; BLOCK_M x BLOCK_N tiles; BLOCK_D = dh padded to a
+    power of two (EVEN_D when equal); feature flags as named; UPCAST loads to fp32 (the
+    interpreter's bf16 is wrong); PRECISION the tl.dot input precision.
 
     This program processes BLOCK_M query rows of one (batch, head) for every stream."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_len = tl.load(QLEN + b)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < q_len
-    d_ok = offs_d < dh
+    offs_m, offs_d, row_ok, d_ok = tile_prologue(pid_m, BLOCK_M, q_len, BLOCK_D, dh)
+    if EVEN_D:
+        d_ok = offs_d < BLOCK_D  # constant true: the compiler drops the head-dim mask
     # A tile wholly past q_len runs no key loop: its rows are written as zeros.
     active = pid_m * BLOCK_M < q_len
-
-    q_ptrs = Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :]
-    if EVEN_D:
-        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-    else:
-        q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634
+    q = load_rows(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
+                  row_ok, d_ok, UPCAST)
+    qk_scale = sm_scale * LOG2E
 
     if JOINT:
         # Pass 1: the log-sum-exp over the union of every stream's valid keys.
-        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        m_i = tl.full([BLOCK_M], NEG, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         for s in tl.static_range(S):
             kv_len = tl.load(KVLEN + s * stride_kvls + b)
             n_end = tl.where(active, kv_len, 0)
+            k_base = K + s * stride_ks + b * stride_kb + h * stride_kh
             for start_n in range(0, n_end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < kv_len
-                k_ptrs = (K + s * stride_ks + b * stride_kb + offs_n[None, :] * stride_kn
-                          + h * stride_kh + offs_d[:, None])
-                k = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+                k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
+                            mask=n_ok[None, :] & d_ok[:, None], other=0.0)
                 if UPCAST:
                     k = k.to(tl.float32)
                 qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-                qk = tl.where(n_ok[None, :], qk, -1.0e30)
+                qk = tl.where(n_ok[None, :], qk, NEG)
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
                 p = tl.where(n_ok[None, :], tl.exp2(qk - m_new[:, None]), 0.0)
                 l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(p, 1)
                 m_i = m_new
-        lse_joint = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), 1.0e30)
+        lse_joint = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), BIG)
 
     for s in tl.static_range(S):
         kv_len = tl.load(KVLEN + s * stride_kvls + b)
         n_end = tl.where(active, kv_len, 0)
         row = (b * S + s) * H + h
-        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        kv_base = s * stride_ks + b * stride_kb + h * stride_kh
+        m_i = tl.full([BLOCK_M], NEG, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start_n in range(0, n_end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             n_ok = offs_n < kv_len
-            k_ptrs = (K + s * stride_ks + b * stride_kb + offs_n[None, :] * stride_kn
-                      + h * stride_kh + offs_d[:, None])
-            v_ptrs = (V + s * stride_vs + b * stride_vb + offs_n[:, None] * stride_vn
-                      + h * stride_vh + offs_d[None, :])
-            k = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            # K loaded transposed (BLOCK_D, BLOCK_N): the dot's right operand as it is.
+            k = tl.load(K + kv_base + offs_n[None, :] * stride_kn + offs_d[:, None],
+                        mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+            v = load_rows(V + kv_base + offs_n[:, None] * stride_kn + offs_d[None, :], n_ok, d_ok, False)
             if UPCAST:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
@@ -152,7 +136,7 @@ def _cma_fwd_kernel(
                 # The normaliser is known: no online rescaling.
                 p = tl.where(n_ok[None, :], tl.exp2(qk - lse_joint[:, None]), 0.0)
             else:
-                qk = tl.where(n_ok[None, :], qk, -1.0e30)
+                qk = tl.where(n_ok[None, :], qk, NEG)
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
                 # Online softmax: rescale what was accumulated under the old running max.
                 alpha = tl.exp2(m_i - m_new)
@@ -171,66 +155,59 @@ def _cma_fwd_kernel(
         else:
             nonempty = l_i > 0.0
             o = acc / tl.where(nonempty, l_i, 1.0)[:, None]
-            lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), 1.0e30)
-        tl.store(LSE + row * Lq + offs_m, lse, mask=offs_m < Lq)
+            lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), BIG)
+        in_q = offs_m < Lq
+        tl.store(LSE + row * Lq + offs_m, lse, mask=in_q)
 
         o = tl.where(row_ok[:, None], o, 0.0)
-        o_off = b * stride_ob + offs_m[:, None] * stride_om + s * stride_os + h * stride_oh + offs_d[None, :]
-        if EVEN_D:
-            o_mask = (offs_m < Lq)[:, None]
-        else:
-            o_mask = (offs_m < Lq)[:, None] & d_ok[None, :]
+        o_off = _out_offsets(b, offs_m, s, h, offs_d, Lq, S, H, dh)
+        o_mask = in_q[:, None] & d_ok[None, :]
         if HAS_GATES:
             if STORE_UNGATED:
                 tl.store(OU + o_off, o.to(OU.dtype.element_ty), mask=o_mask)
-            g = tl.load(G + b * stride_gb + offs_m * stride_gm + s * stride_gs + h, mask=row_ok,
-                        other=0.0).to(tl.float32)
+            g = tl.load(G + ((b * Lq + offs_m) * S + s) * H + h, mask=row_ok, other=0.0).to(tl.float32)
             o = o * g[:, None]
         tl.store(O + o_off, o.to(O.dtype.element_ty), mask=o_mask)
 
 
-@triton.jit(do_not_specialize=_nospec("Lq", "stride_dob", "stride_ob", "stride_gb"))
+@triton.jit(do_not_specialize=["stride_dob", "Lq"])
 def _cma_bwd_preprocess_kernel(
     DO, O, OU, G, DELTA, DG, DOU, QLEN,
     stride_dob, stride_dom, stride_dos, stride_doh,
-    stride_ob, stride_om, stride_os, stride_oh,
-    stride_gb, stride_gm, stride_gs,
     Lq, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HAS_GATES: tl.constexpr,
 ):
     """Delta (B, S, H, Lq) fp32 = rowsum(dO_s . O_s) with dO_s = g_s dOut_s, d(gates)
     (B, Lq, S, H) fp32 = rowsum(dOut_s . O_s) (O_s ungated), and with gates DOU = dO_s, the
-    gradient of the ungated output (B, Lq, S, H, dh, contiguous) that the two main backward kernels
-    read: gating once here keeps it off their hot loops (and their registers).
-    DO, O, OU (B, Lq, S, H, dh).
+    gradient of the ungated output that the two main backward kernels read: gating once here keeps
+    it off their hot loops (and their registers). DO (B, Lq, S, H, dh) as autograd hands it in;
+    O, OU, DOU (B, Lq, S, H, dh) and G (B, Lq, S, H) contiguous.
 
     This program processes BLOCK_M query rows of one (batch, head) for every stream."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_len = tl.load(QLEN + b)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < q_len
-    mask = row_ok[:, None] & (offs_d < dh)[None, :]
-    for s in tl.static_range(S):
-        do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos
-                     + h * stride_doh + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-        o_off = b * stride_ob + offs_m[:, None] * stride_om + s * stride_os + h * stride_oh + offs_d[None, :]
+    offs_m, offs_d, row_ok, d_ok = tile_prologue(pid_m, BLOCK_M, q_len, BLOCK_D, dh)
+    in_q = offs_m < Lq
+    # A loop, not unrolled: each stream's tiles die at the end of its iteration (unrolled, the
+    # three streams' loads are scheduled together and spill).
+    for s in range(S):
+        off = _out_offsets(b, offs_m, s, h, offs_d, Lq, S, H, dh)
+        do = load_rows(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos + h * stride_doh
+                       + offs_d[None, :], row_ok, d_ok, True)
         if HAS_GATES:
-            ou = tl.load(OU + o_off, mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(G + b * stride_gb + offs_m * stride_gm + s * stride_gs + h, mask=row_ok,
-                        other=0.0).to(tl.float32)
+            ou = load_rows(OU + off, row_ok, d_ok, True)
+            g_off = ((b * Lq + offs_m) * S + s) * H + h
+            g = tl.load(G + g_off, mask=row_ok, other=0.0).to(tl.float32)
             dg = tl.sum(do * ou, 1)
-            tl.store(DG + b * stride_gb + offs_m * stride_gm + s * stride_gs + h, dg, mask=offs_m < Lq)
+            tl.store(DG + g_off, dg, mask=in_q)
             delta = g * dg
-            dou_off = (((b * Lq + offs_m[:, None]) * S + s) * H + h) * dh + offs_d[None, :]
-            tl.store(DOU + dou_off, (do * g[:, None]).to(DOU.dtype.element_ty),
-                     mask=(offs_m < Lq)[:, None] & (offs_d < dh)[None, :])
+            tl.store(DOU + off, (do * g[:, None]).to(DOU.dtype.element_ty), mask=in_q[:, None] & d_ok[None, :])
         else:
-            ou = tl.load(O + o_off, mask=mask, other=0.0).to(tl.float32)
-            delta = tl.sum(do * ou, 1)
-        tl.store(DELTA + ((b * S + s) * H + h) * Lq + offs_m, delta, mask=offs_m < Lq)
+            o = load_rows(O + off, row_ok, d_ok, True)
+            delta = tl.sum(do * o, 1)
+        tl.store(DELTA + ((b * S + s) * H + h) * Lq + offs_m, delta, mask=in_q)
 
 
 @triton.jit
@@ -245,14 +222,13 @@ def _load_delta(DELTA, b, s, h, offs_m, m_ok, Lq, H, S: tl.constexpr, JOINT: tl.
     return delta
 
 
-@triton.jit(do_not_specialize=_nospec("Lq", "Lk", "stride_qb", "stride_ks", "stride_kb", "stride_vs",
-                                      "stride_vb", "stride_dob", "stride_dks", "stride_dkb"))
+@triton.jit(do_not_specialize=["seed", "stride_qb", "stride_ks", "stride_kb", "stride_dob", "stride_dks",
+                               "stride_dkb", "Lq", "Lk"])
 def _cma_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, QLEN, KVLEN,
     sm_scale, seed, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
-    stride_vs, stride_vb, stride_vn, stride_vh,
     stride_dob, stride_dom, stride_dos, stride_doh,
     stride_dks, stride_dkb, stride_dkn, stride_dkh,
     stride_kvls,
@@ -261,8 +237,8 @@ def _cma_bwd_dkdv_kernel(
     JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dK, dV (S, B, Lk, H, dh) of one key block. DO (B, Lq, S, H, dh) is the gradient of the
-    ungated output (the preprocess applied the gates).
+    """dK, dV (S, B, Lk, H, dh) sharing strides, of one key block. DO (B, Lq, S, H, dh) is the
+    gradient of the ungated output (the preprocess applied the gates).
 
     This program processes BLOCK_N keys of one (batch, stream, head), looping over query blocks."""
     pid_n = tl.program_id(0)
@@ -272,33 +248,23 @@ def _cma_bwd_dkdv_kernel(
     h = sh % H
     q_len = tl.load(QLEN + b)
     kv_len = tl.load(KVLEN + s * stride_kvls + b)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    n_ok = offs_n < kv_len
-    d_ok = offs_d < dh
+    offs_n, offs_d, n_ok, d_ok = tile_prologue(pid_n, BLOCK_N, kv_len, BLOCK_D, dh)
     row = (b * S + s) * H + h
-    k = tl.load(K + s * stride_ks + b * stride_kb + offs_n[:, None] * stride_kn + h * stride_kh
-                + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    v = tl.load(V + s * stride_vs + b * stride_vb + offs_n[:, None] * stride_vn + h * stride_vh
-                + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    kv_off = s * stride_ks + b * stride_kb + offs_n[:, None] * stride_kn + h * stride_kh + offs_d[None, :]
+    k = load_rows(K + kv_off, n_ok, d_ok, UPCAST)
+    v = load_rows(V + kv_off, n_ok, d_ok, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634
+    qk_scale = sm_scale * LOG2E
     m_end = tl.where(pid_n * BLOCK_N < kv_len, q_len, 0)
     for start_m in range(0, m_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < q_len
-        q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos
-                     + h * stride_doh + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
-        lse = tl.load(LSE + row * Lq + offs_m, mask=m_ok, other=1.0e30)
+        q = load_rows(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
+                      m_ok, d_ok, UPCAST)
+        do = load_rows(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos + h * stride_doh
+                       + offs_d[None, :], m_ok, d_ok, UPCAST)
+        lse = tl.load(LSE + row * Lq + offs_m, mask=m_ok, other=BIG)
         qkT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         pT = tl.where(n_ok[:, None] & m_ok[None, :], tl.exp2(qkT - lse[None, :]), 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)
@@ -319,23 +285,21 @@ def _cma_bwd_dkdv_kernel(
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit(do_not_specialize=_nospec("Lq", "Lk", "stride_qb", "stride_ks", "stride_kb", "stride_vs",
-                                      "stride_vb", "stride_dob", "stride_dqb"))
+@triton.jit(do_not_specialize=["seed", "stride_qb", "stride_ks", "stride_kb", "stride_dob", "Lq", "Lk"])
 def _cma_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, QLEN, KVLEN,
     sm_scale, seed, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
-    stride_vs, stride_vb, stride_vn, stride_vh,
     stride_dob, stride_dom, stride_dos, stride_doh,
-    stride_dqb, stride_dqm, stride_dqh,
     stride_kvls,
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dQ (B, Lq, H, dh) of one query block, summed over the streams inside the program.
+    """dQ (B, Lq, H, dh) contiguous, of one query block, summed over the streams inside the
+    program. DO (B, Lq, S, H, dh) as for dK/dV.
 
     This program processes BLOCK_M query rows of one (batch, head), looping over every stream's
     key blocks."""
@@ -343,34 +307,28 @@ def _cma_bwd_dq_kernel(
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_len = tl.load(QLEN + b)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_ok = offs_m < q_len
-    d_ok = offs_d < dh
+    offs_m, offs_d, m_ok, d_ok = tile_prologue(pid_m, BLOCK_M, q_len, BLOCK_D, dh)
     active = pid_m * BLOCK_M < q_len
-    q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634
+    q = load_rows(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
+                  m_ok, d_ok, UPCAST)
+    qk_scale = sm_scale * LOG2E
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for s in tl.static_range(S):
         kv_len = tl.load(KVLEN + s * stride_kvls + b)
         row = (b * S + s) * H + h
-        do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos
-                     + h * stride_doh + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        if UPCAST:
-            do = do.to(tl.float32)
-        lse = tl.load(LSE + row * Lq + offs_m, mask=m_ok, other=1.0e30)
+        do = load_rows(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos + h * stride_doh
+                       + offs_d[None, :], m_ok, d_ok, UPCAST)
+        lse = tl.load(LSE + row * Lq + offs_m, mask=m_ok, other=BIG)
         delta = _load_delta(DELTA, b, s, h, offs_m, m_ok, Lq, H, S, JOINT)
         n_end = tl.where(active, kv_len, 0)
+        kv_base = s * stride_ks + b * stride_kb + h * stride_kh
         for start_n in range(0, n_end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             n_ok = offs_n < kv_len
-            k = tl.load(K + s * stride_ks + b * stride_kb + offs_n[:, None] * stride_kn
-                        + h * stride_kh + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            v = tl.load(V + s * stride_vs + b * stride_vb + offs_n[:, None] * stride_vn
-                        + h * stride_vh + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            k = tl.load(K + kv_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(V + kv_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
             if UPCAST:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
@@ -383,11 +341,11 @@ def _cma_bwd_dq_kernel(
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     dq = dq * sm_scale
-    tl.store(DQ + b * stride_dqb + offs_m[:, None] * stride_dqm + h * stride_dqh + offs_d[None, :],
+    tl.store(DQ + ((b * Lq + offs_m[:, None]) * H + h) * dh + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=(offs_m < Lq)[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "Lq", "Lk"])
 def _cma_dropout_mask_kernel(
     MASK, seed, p_drop, Lq, Lk, H,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -406,91 +364,39 @@ def _cma_dropout_mask_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Launchers: plain tensors in, tensors out. Block sizes: one config under the interpreter (its
-# programs run one after another; multi-config autotuning needs a driver). On a GPU, a config per
-# power-of-two bucket of the padded query length (new lengths reuse it: no recompilation), chosen
-# so that no kernel spills registers on sm_90 (checked by the ahead-of-time compile test).
+# Launchers: plain tensors in, tensors out. Tiles come from ``configs.attention_tile``: one per
+# power-of-two bucket of the padded query length, so new lengths reuse a compiled kernel.
 
-INTERPRET_BLOCKS = (16, 16)
-
-
-def length_bucket(n: int) -> int:
-    """Power-of-two bucket of a padded length, clipped to [16, 128]."""
-    return max(16, min(128, triton.next_power_of_2(max(int(n), 1))))
-
-
-def fwd_config(Lq: int, block_d: int, gpu: bool = None):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward kernel."""
-    if not (gpu if gpu is not None else not interpreting()):
-        return INTERPRET_BLOCKS + (1, 1)
-    bucket = length_bucket(Lq)
-    if bucket <= 32:
-        return bucket, 32, 2 if bucket == 16 else 4, 2
-    if block_d > 64:
-        return 64, 64, 8, 2
-    return (64, 64, 4, 2) if bucket == 64 else (128, 64, 8, 2)
-
-
-def bwd_config(Lq: int, block_d: int, gpu: bool = None):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dK/dV and dQ kernels."""
-    if not (gpu if gpu is not None else not interpreting()):
-        return INTERPRET_BLOCKS + (1, 1)
-    bucket = length_bucket(Lq)
-    if block_d > 64:
-        return 32, 64, 8, 2  # both backward kernels spill at 64 x 64 with dh 128
-    if bucket <= 32:
-        return bucket, 32, 4, 2
-    return 64, 64, 4, 2
-
-
-def launcher_configs():
-    """Every (kind, BLOCK_M, BLOCK_N, num_warps, num_stages, BLOCK_D) the launchers can choose
-    on a GPU, for the ahead-of-time compile check."""
-    out = set()
-    for bucket in (16, 32, 64, 128):
-        for block_d in (16, 32, 64, 128):
-            out.add(("fwd",) + fwd_config(bucket, block_d, gpu=True) + (block_d,))
-            out.add(("bwd",) + bwd_config(bucket, block_d, gpu=True) + (block_d,))
-    return sorted(out)
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: IEEE dots (tf32 would lose ~3 decimal digits against an fp32 reference).
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _block_d(dh: int) -> int:
-    return max(16, triton.next_power_of_2(dh))
+def _check_kv(k, v, what="k and v"):
+    if k.stride() != v.stride() or k.stride(-1) != 1:
+        raise ValueError(f"{what}: expected equal strides with a contiguous last dim, got "
+                         f"{k.stride()} and {v.stride()}")
 
 
 def cross_modal_attention_fwd(q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed,
                               joint, store_ungated):
-    """q (B, Lq, H, dh); k, v (S, B, Lk, H, dh); q_lengths (B,) int32; kv_lengths (S, B) int32;
-    gates (B, Lq, S, H) contiguous or None. Returns (out (B, Lq, S, H, dh), out_ungated or None,
-    lse (B, S, H, Lq))."""
+    """q (B, Lq, H, dh); k, v (S, B, Lk, H, dh) sharing strides; q_lengths (B,) int32;
+    kv_lengths (S, B) int32; gates (B, Lq, S, H) contiguous or None. Returns (out (B, Lq, S, H, dh),
+    out_ungated or None, lse (B, S, H, Lq))."""
     B, Lq, H, dh = q.shape
     S, Lk = k.shape[0], k.shape[2]
+    _check_kv(k, v)
+    if gates is not None and not gates.is_contiguous():
+        raise ValueError("gates: expected a contiguous (B, Lq, S, H) tensor")
     out = torch.empty((B, Lq, S, H, dh), device=q.device, dtype=q.dtype)
     out_u = torch.empty_like(out) if (gates is not None and store_ungated) else None
     lse = torch.empty((B, S, H, Lq), device=q.device, dtype=torch.float32)
-    block_d = _block_d(dh)
-    bm, bn, warps, stages = fwd_config(Lq, block_d)
-    g = gates if gates is not None else out  # placeholder pointer, never read
-    gs = gates.stride() if gates is not None else (0, 0, 0, 0)
-    _cma_fwd_kernel[(triton.cdiv(Lq, bm), H, B)](
-        q, k, v, g, out, out_u if out_u is not None else out, lse, q_lengths, kv_lengths,
-        float(sm_scale), int(seed), float(dropout_p),
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
-        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        gs[0], gs[1], gs[2],
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        kv_lengths.stride(0),
-        Lq, Lk, H, dh,
-        S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, EVEN_D=block_d == dh,
-        HAS_GATES=gates is not None, STORE_UNGATED=out_u is not None, JOINT=bool(joint),
-        HAS_DROPOUT=dropout_p > 0.0, UPCAST=interpreting() or q.dtype == torch.float32,
-        PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages)
+    bd = block_d(dh)
+    tile = attention_tile("cma_fwd", Lq, bd, q.dtype)
+    launch(_cma_fwd_kernel, (triton.cdiv(Lq, tile.block_m), H, B),
+           q, k, v, gates if gates is not None else out, out, out_u if out_u is not None else out, lse,
+           q_lengths, kv_lengths, float(sm_scale), int(seed), float(dropout_p),
+           q.stride(0), q.stride(1), q.stride(2), *k.stride()[:4], kv_lengths.stride(0),
+           Lq, Lk, H, dh,
+           S=S, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_D=bd, EVEN_D=bd == dh,
+           HAS_GATES=gates is not None, STORE_UNGATED=out_u is not None, JOINT=bool(joint),
+           HAS_DROPOUT=dropout_p > 0.0, UPCAST=upcast(q.dtype), PRECISION=dot_precision(q.dtype),
+           num_warps=tile.num_warps, num_stages=tile.num_stages)
     return out, out_u, lse
 
 
@@ -501,64 +407,51 @@ def cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths, 
     of one packed key/value gradient), written in place."""
     B, Lq, H, dh = q.shape
     S, Lk = k.shape[0], k.shape[2]
-    if not dout.is_contiguous():
+    _check_kv(k, v)
+    if dout.stride(-1) != 1:
         dout = dout.contiguous()
-    block_d = _block_d(dh)
+    bd = block_d(dh)
     delta = torch.empty((B, S, H, Lq), device=q.device, dtype=torch.float32)
     if gates is not None:
         dgates = torch.empty((B, Lq, S, H), device=q.device, dtype=torch.float32)
-        dout_u = torch.empty_like(dout)
-        gs = gates.stride()
+        dout_u = torch.empty((B, Lq, S, H, dh), device=q.device, dtype=dout.dtype)
     else:
-        dgates, dout_u, gs = None, dout, (0, 0, 0, 0)
-    pm = fwd_config(Lq, block_d)[0]
-    _cma_bwd_preprocess_kernel[(triton.cdiv(Lq, pm), H, B)](
-        dout, out, out_u if out_u is not None else out, gates if gates is not None else dout,
-        delta, dgates if dgates is not None else delta, dout_u, q_lengths,
-        dout.stride(0), dout.stride(1), dout.stride(2), dout.stride(3),
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        gs[0], gs[1], gs[2],
-        Lq, H, dh,
-        S=S, BLOCK_M=pm, BLOCK_D=block_d, HAS_GATES=gates is not None)
+        dgates, dout_u = None, dout
+    pre = attention_tile("cma_bwd_preprocess", Lq, bd, q.dtype)
+    launch(_cma_bwd_preprocess_kernel, (triton.cdiv(Lq, pre.block_m), H, B),
+           dout, out, out_u if out_u is not None else out, gates if gates is not None else dout,
+           delta, dgates if dgates is not None else delta, dout_u, q_lengths, *dout.stride()[:4],
+           Lq, H, dh, S=S, BLOCK_M=pre.block_m, BLOCK_D=bd, HAS_GATES=gates is not None,
+           num_warps=pre.num_warps, num_stages=pre.num_stages)
 
-    bm, bn, warps, stages = bwd_config(Lq, block_d)
-    flags = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, JOINT=bool(joint),
-                 HAS_DROPOUT=dropout_p > 0.0, UPCAST=interpreting() or q.dtype == torch.float32,
-                 PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=stages)
+    tile = attention_tile("cma_bwd", Lq, bd, q.dtype)
+    flags = dict(S=S, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_D=bd, JOINT=bool(joint),
+                 HAS_DROPOUT=dropout_p > 0.0, UPCAST=upcast(q.dtype), PRECISION=dot_precision(q.dtype),
+                 num_warps=tile.num_warps, num_stages=tile.num_stages)
     if dk is None:
         dk = torch.empty((S, B, Lk, H, dh), device=q.device, dtype=k.dtype)
         dv = torch.empty_like(dk)
-    elif dk.stride() != dv.stride() or dk.stride(-1) != 1:
-        raise ValueError("dk and dv must share strides, with a contiguous last dim")
-    do = dout_u
-    _cma_bwd_dkdv_kernel[(triton.cdiv(Lk, bn), S * H, B)](
-        q, k, v, do, lse, delta, dk, dv, q_lengths, kv_lengths,
-        float(sm_scale), int(seed), float(dropout_p),
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
-        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        do.stride(0), do.stride(1), do.stride(2), do.stride(3),
-        dk.stride(0), dk.stride(1), dk.stride(2), dk.stride(3),
-        kv_lengths.stride(0),
-        Lq, Lk, H, dh, **flags)
+    else:
+        _check_kv(dk, dv, "dk and dv")
+    scalars = (float(sm_scale), int(seed), float(dropout_p))
+    q_strides = (q.stride(0), q.stride(1), q.stride(2))
+    launch(_cma_bwd_dkdv_kernel, (triton.cdiv(Lk, tile.block_n), S * H, B),
+           q, k, v, dout_u, lse, delta, dk, dv, q_lengths, kv_lengths, *scalars,
+           *q_strides, *k.stride()[:4], *dout_u.stride()[:4], *dk.stride()[:4], kv_lengths.stride(0),
+           Lq, Lk, H, dh, **flags)
     dq = torch.empty((B, Lq, H, dh), device=q.device, dtype=q.dtype)
-    _cma_bwd_dq_kernel[(triton.cdiv(Lq, bm), H, B)](
-        q, k, v, do, lse, delta, dq, q_lengths, kv_lengths,
-        float(sm_scale), int(seed), float(dropout_p),
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
-        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        do.stride(0), do.stride(1), do.stride(2), do.stride(3),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        kv_lengths.stride(0),
-        Lq, Lk, H, dh, **flags)
+    launch(_cma_bwd_dq_kernel, (triton.cdiv(Lq, tile.block_m), H, B),
+           q, k, v, dout_u, lse, delta, dq, q_lengths, kv_lengths, *scalars,
+           *q_strides, *k.stride()[:4], *dout_u.stride()[:4], kv_lengths.stride(0),
+           Lq, Lk, H, dh, **flags)
     return dq, dk, dv, dgates
 
 
 def cross_modal_attention_dropout_mask(B, S, H, Lq, Lk, dropout_p, seed, device):
     """The keep-mask (B, S, H, Lq, Lk) bool the kernels use for this seed (debug/testing)."""
     mask = torch.empty((B, S, H, Lq, Lk), device=device, dtype=torch.int8)
-    bm, bn = INTERPRET_BLOCKS if interpreting() else (32, 32)
-    _cma_dropout_mask_kernel[(triton.cdiv(Lq, bm), triton.cdiv(Lk, bn), B * S * H)](
-        mask, int(seed), float(dropout_p), Lq, Lk, H, S=S, BLOCK_M=bm, BLOCK_N=bn)
+    tile = attention_tile("cma_dropout_mask", Lq, 16, torch.float32)
+    launch(_cma_dropout_mask_kernel,
+           (triton.cdiv(Lq, tile.block_m), triton.cdiv(Lk, tile.block_n), B * S * H),
+           mask, int(seed), float(dropout_p), Lq, Lk, H, S=S, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n)
     return mask.bool()

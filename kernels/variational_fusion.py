@@ -24,15 +24,12 @@ block coordinate, so the noise does not depend on the tile shape, and backward r
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ._common import dot_precision, launch, upcast
+from .configs import all_fusion_tiles, fusion_tile
 
 
 @triton.jit
@@ -46,18 +43,20 @@ def _kl_terms(mu, lv):
     return 1.0 + lv - mu * mu - tl.exp(lv)
 
 
-@triton.jit(do_not_specialize=["N"])
+# N (the row count) and the seed change from call to call: not specialised, so that a new batch
+# or seed never compiles a new variant.
+@triton.jit(do_not_specialize=["seed", "N", "stride_en"])
 def _vf_fwd_kernel(
     E, W, BIAS, EPS, Z, HOUT, KLP, ROWMASK,
     seed, logvar_clamp, N, d_in, d_z,
-    stride_en, stride_wn, stride_epsn, stride_zn,
+    stride_en, stride_wn,
     BLOCK_N: tl.constexpr, BLOCK_Z: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_EPS: tl.constexpr, SAMPLE: tl.constexpr,
     RETURN_EPS: tl.constexpr, SAVE_H: tl.constexpr, HAS_ROWMASK: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """E (N, d_in); W (2 d_z, d_in); BIAS (2 d_z,); EPS (N, d_z) given noise (HAS_EPS) or the
-    drawn noise out (RETURN_EPS, fp32); Z (N, d_z); HOUT (N, 2 d_z) fp32 [mu | lv_raw] saved for
+    """E (N, d_in); W (2 d_z, d_in); BIAS (2 d_z,); EPS (N, d_z) contiguous, given noise (HAS_EPS)
+    or the drawn noise out (RETURN_EPS, fp32); Z (N, d_z) contiguous; HOUT (N, 2 d_z) fp32 [mu | lv_raw] saved for
     backward (SAVE_H); KLP (n_col_blocks, N) fp32 KL partials; ROWMASK (N,) uint8.
 
     This program computes a BLOCK_N x BLOCK_Z tile of z (and of mu and lv) and its KL partial."""
@@ -88,6 +87,7 @@ def _vf_fwd_kernel(
         acc_mu += tl.load(BIAS + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         acc_lv += tl.load(BIAS + d_z + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
+    offs = rows[:, None] * d_z + cols[None, :]
     if SAVE_H:
         h_ptrs = HOUT + rows[:, None] * (2 * d_z) + cols[None, :]
         tl.store(h_ptrs, acc_mu, mask=mask)
@@ -96,16 +96,16 @@ def _vf_fwd_kernel(
     lv = tl.minimum(tl.maximum(acc_lv, -logvar_clamp), logvar_clamp)
     if SAMPLE:
         if HAS_EPS:
-            eps = tl.load(EPS + rows[:, None] * stride_epsn + cols[None, :], mask=mask, other=0.0)
+            eps = tl.load(EPS + offs, mask=mask, other=0.0)
             eps = eps.to(tl.float32)
         else:
             eps = _noise(seed, rows, cols, d_z)
             if RETURN_EPS:
-                tl.store(EPS + rows[:, None] * stride_epsn + cols[None, :], eps, mask=mask)
+                tl.store(EPS + offs, eps, mask=mask)
         z = mu + tl.exp(0.5 * lv) * eps
     else:
         z = mu
-    tl.store(Z + rows[:, None] * stride_zn + cols[None, :], z.to(Z.dtype.element_ty), mask=mask)
+    tl.store(Z + offs, z.to(Z.dtype.element_ty), mask=mask)
     kl = -0.5 * tl.sum(tl.where(mask, _kl_terms(mu, lv), 0.0), 1)
     if HAS_ROWMASK:
         keep = tl.load(ROWMASK + rows, mask=row_ok, other=0)
@@ -141,16 +141,15 @@ def _latent_grads(mu, lv, DZ, dz_offs, DKL, EPS, eps_offs, ROWMASK, seed, rows, 
     return dmu, dlv
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["seed", "N"])
 def _vf_bwd_kernel(
     HSAVED, DZ, DKL, EPS, ROWMASK, DH,
     seed, logvar_clamp, N, d_z,
-    stride_dzn, stride_epsn,
     BLOCK_N: tl.constexpr, BLOCK_Z: tl.constexpr,
     HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, HAS_EPS: tl.constexpr, SAMPLE: tl.constexpr,
     HAS_ROWMASK: tl.constexpr,
 ):
-    """d[mu | lv_raw] (N, 2 d_z) from HSAVED (N, 2 d_z) fp32, DZ (N, d_z), DKL (N,), the noise
+    """d[mu | lv_raw] (N, 2 d_z) from HSAVED (N, 2 d_z) fp32, DZ (N, d_z) contiguous, DKL (N,), the noise
     (given EPS or regenerated from the seed). Zero gradient into lv_raw where the clamp is active.
 
     This program computes a BLOCK_N x BLOCK_Z tile of d mu and of d lv_raw."""
@@ -164,8 +163,8 @@ def _vf_bwd_kernel(
     mu = tl.load(h_ptrs, mask=mask, other=0.0)
     lv_raw = tl.load(h_ptrs + d_z, mask=mask, other=0.0)
     lv = tl.minimum(tl.maximum(lv_raw, -logvar_clamp), logvar_clamp)
-    dmu, dlv = _latent_grads(mu, lv, DZ, rows[:, None] * stride_dzn + cols[None, :], DKL, EPS,
-                             rows[:, None] * stride_epsn + cols[None, :], ROWMASK, seed, rows, cols,
+    offs = rows[:, None] * d_z + cols[None, :]
+    dmu, dlv = _latent_grads(mu, lv, DZ, offs, DKL, EPS, offs, ROWMASK, seed, rows, cols,
                              row_ok, mask, d_z, HAS_DZ, HAS_DKL, HAS_EPS, SAMPLE, HAS_ROWMASK)
     # torch.clamp passes the gradient where lo <= x <= hi (inclusive), and blocks it outside.
     dlv = tl.where((lv_raw >= -logvar_clamp) & (lv_raw <= logvar_clamp), dlv, 0.0)
@@ -188,7 +187,7 @@ def _poe_combine(MU, LV, offs, mask, stride_m, logvar_clamp, M: tl.constexpr):
     return prec, num
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["seed", "N", "stride_m"])
 def _poe_fwd_kernel(
     MU, LV, EPS, Z, KLP, ROWMASK,
     seed, logvar_clamp, N, d_z, stride_m,
@@ -227,7 +226,7 @@ def _poe_fwd_kernel(
     tl.store(KLP + pid_z * N + rows, kl, mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["seed", "N", "stride_m"])
 def _poe_bwd_kernel(
     MU, LV, DZ, DKL, EPS, ROWMASK, DMU, DLV,
     seed, logvar_clamp, N, d_z, stride_m,
@@ -264,40 +263,11 @@ def _poe_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Launchers. One config under the interpreter; on a GPU the GEMM tile is fixed per d_z bucket.
-
-def dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def fwd_config(d_in: int, d_z: int, gpu: bool = None):
-    """(BLOCK_N, BLOCK_Z, BLOCK_K, num_warps, num_stages) of the Gaussian forward."""
-    if not (gpu if gpu is not None else not interpreting()):
-        return 16, max(16, min(32, triton.next_power_of_2(d_z))), 16, 1, 1
-    block_z = 64 if d_z > 32 else max(16, triton.next_power_of_2(d_z))
-    block_k = 64 if d_in >= 64 else max(16, triton.next_power_of_2(d_in))
-    # 8 warps: with 4, the two accumulators plus the Philox epilogue spill registers on sm_90.
-    return 64, block_z, block_k, 8, 3
-
-
-def elementwise_config(d_z: int, gpu: bool = None):
-    """(BLOCK_N, BLOCK_Z, num_warps) of the elementwise kernels."""
-    if not (gpu if gpu is not None else not interpreting()):
-        return 16, max(16, min(32, triton.next_power_of_2(d_z))), 1
-    # 16 x 64 per 4 warps: larger tiles spill registers (Philox keeps four words per element).
-    return 16, max(16, min(64, triton.next_power_of_2(d_z))), 4
-
+# Launchers. Tiles come from ``configs.fusion_tile`` (the GEMM tile per d_z / d_in bucket).
 
 def launcher_configs():
-    """Every (kind, tile..., num_warps, num_stages) the launchers choose on a GPU, for the
-    ahead-of-time compile check."""
-    out = set()
-    for d_in in (8, 16, 32, 64, 1024):
-        for d_z in (8, 16, 32, 64, 1024):
-            out.add(("fwd",) + fwd_config(d_in, d_z, gpu=True))
-    for d_z in (8, 16, 32, 64, 1024):
-        out.add(("elementwise",) + elementwise_config(d_z, gpu=True))
-    return sorted(out)
+    """Every (kernel, tile) the launchers choose on a GPU, for the ahead-of-time compile check."""
+    return sorted({(kernel, tile) for kernel, _, _, _, tile in all_fusion_tiles()})
 
 
 def _rowmask_arg(row_mask, fallback):
@@ -308,11 +278,12 @@ def _rowmask_arg(row_mask, fallback):
 
 def variational_fusion_fwd(e, weight, bias, eps, row_mask, training, logvar_clamp, seed,
                            return_eps, save_h):
-    """-> (z (N, d_z), kl (N,) fp32, h (N, 2 d_z) fp32 or None, drawn eps or None)."""
+    """e (N, d_in), weight (2 d_z, d_in) with contiguous last dims; eps (N, d_z) contiguous or
+    None -> (z (N, d_z), kl (N,) fp32, h (N, 2 d_z) fp32 or None, drawn eps or None)."""
     N, d_in = e.shape
     d_z = weight.shape[0] // 2
-    bn, bz, bk, warps, stages = fwd_config(d_in, d_z)
-    n_col = triton.cdiv(d_z, bz)
+    tile = fusion_tile("vf_fwd", d_z, d_in, e.dtype)
+    n_col = triton.cdiv(d_z, tile.block_n)
     z = torch.empty((N, d_z), device=e.device, dtype=e.dtype)
     klp = torch.empty((n_col, N), device=e.device, dtype=torch.float32)
     h = torch.empty((N, 2 * d_z), device=e.device, dtype=torch.float32) if save_h else None
@@ -321,40 +292,39 @@ def variational_fusion_fwd(e, weight, bias, eps, row_mask, training, logvar_clam
         drawn = torch.empty((N, d_z), device=e.device, dtype=torch.float32)
     eps_arg = eps if eps is not None else (drawn if drawn is not None else z)
     rm, has_rm = _rowmask_arg(row_mask, klp)
-    _vf_fwd_kernel[(triton.cdiv(N, bn), n_col)](
-        e, weight, bias if bias is not None else weight, eps_arg, z, h if h is not None else klp, klp, rm,
-        int(seed), float(logvar_clamp), N, d_in, d_z,
-        e.stride(0), weight.stride(0), eps_arg.stride(0), z.stride(0),
-        BLOCK_N=bn, BLOCK_Z=bz, BLOCK_K=bk, HAS_BIAS=bias is not None, HAS_EPS=eps is not None,
-        SAMPLE=bool(training), RETURN_EPS=drawn is not None, SAVE_H=save_h, HAS_ROWMASK=has_rm,
-        UPCAST=interpreting() or e.dtype == torch.float32, PRECISION=dot_precision(e.dtype),
-        num_warps=warps, num_stages=stages)
+    launch(_vf_fwd_kernel, (triton.cdiv(N, tile.block_m), n_col),
+           e, weight, bias if bias is not None else weight, eps_arg, z, h if h is not None else klp, klp, rm,
+           int(seed), float(logvar_clamp), N, d_in, d_z, e.stride(0), weight.stride(0),
+           BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, BLOCK_K=tile.block_k, HAS_BIAS=bias is not None,
+           HAS_EPS=eps is not None, SAMPLE=bool(training), RETURN_EPS=drawn is not None, SAVE_H=save_h,
+           HAS_ROWMASK=has_rm, UPCAST=upcast(e.dtype), PRECISION=dot_precision(e.dtype),
+           num_warps=tile.num_warps, num_stages=tile.num_stages)
     # Column-block partials summed in a fixed order: deterministic.
     kl = klp[0] if n_col == 1 else klp.sum(dim=0)
     return z, kl, h, drawn
 
 
 def variational_fusion_bwd_dh(h, dz, dkl, eps, row_mask, training, logvar_clamp, seed, out_dtype):
-    """d[mu | lv_raw] (N, 2 d_z) in ``out_dtype``."""
+    """d[mu | lv_raw] (N, 2 d_z) in ``out_dtype``; dz and eps contiguous (or None)."""
     N, two_dz = h.shape
     d_z = two_dz // 2
-    bn, bz, warps = elementwise_config(d_z)
+    tile = fusion_tile("vf_elementwise", d_z, d_z, out_dtype)
     dh = torch.empty((N, two_dz), device=h.device, dtype=out_dtype)
     rm, has_rm = _rowmask_arg(row_mask, h)
-    _vf_bwd_kernel[(triton.cdiv(N, bn), triton.cdiv(d_z, bz))](
-        h, dz if dz is not None else h, dkl if dkl is not None else h, eps if eps is not None else h,
-        rm, dh, int(seed), float(logvar_clamp), N, d_z,
-        dz.stride(0) if dz is not None else 0, eps.stride(0) if eps is not None else 0,
-        BLOCK_N=bn, BLOCK_Z=bz, HAS_DZ=dz is not None, HAS_DKL=dkl is not None,
-        HAS_EPS=eps is not None, SAMPLE=bool(training), HAS_ROWMASK=has_rm, num_warps=warps)
+    launch(_vf_bwd_kernel, (triton.cdiv(N, tile.block_m), triton.cdiv(d_z, tile.block_n)),
+           h, dz if dz is not None else h, dkl if dkl is not None else h, eps if eps is not None else h,
+           rm, dh, int(seed), float(logvar_clamp), N, d_z,
+           BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, HAS_DZ=dz is not None, HAS_DKL=dkl is not None,
+           HAS_EPS=eps is not None, SAMPLE=bool(training), HAS_ROWMASK=has_rm,
+           num_warps=tile.num_warps, num_stages=tile.num_stages)
     return dh
 
 
 def poe_fusion_fwd(mu, logvar, eps, row_mask, training, logvar_clamp, seed, return_eps):
     """mu, logvar (M, N, d_z) contiguous -> (z (N, d_z), kl (N,) fp32, drawn eps or None)."""
     M, N, d_z = mu.shape
-    bn, bz, warps = elementwise_config(d_z)
-    n_col = triton.cdiv(d_z, bz)
+    tile = fusion_tile("vf_elementwise", d_z, d_z, mu.dtype)
+    n_col = triton.cdiv(d_z, tile.block_n)
     z = torch.empty((N, d_z), device=mu.device, dtype=mu.dtype)
     klp = torch.empty((n_col, N), device=mu.device, dtype=torch.float32)
     drawn = None
@@ -362,23 +332,25 @@ def poe_fusion_fwd(mu, logvar, eps, row_mask, training, logvar_clamp, seed, retu
         drawn = torch.empty((N, d_z), device=mu.device, dtype=torch.float32)
     eps_arg = eps if eps is not None else (drawn if drawn is not None else z)
     rm, has_rm = _rowmask_arg(row_mask, klp)
-    _poe_fwd_kernel[(triton.cdiv(N, bn), n_col)](
-        mu, logvar, eps_arg, z, klp, rm, int(seed), float(logvar_clamp), N, d_z, mu.stride(0),
-        M=M, BLOCK_N=bn, BLOCK_Z=bz, HAS_EPS=eps is not None, SAMPLE=bool(training),
-        RETURN_EPS=drawn is not None, HAS_ROWMASK=has_rm, num_warps=warps)
+    launch(_poe_fwd_kernel, (triton.cdiv(N, tile.block_m), n_col),
+           mu, logvar, eps_arg, z, klp, rm, int(seed), float(logvar_clamp), N, d_z, mu.stride(0),
+           M=M, BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, HAS_EPS=eps is not None, SAMPLE=bool(training),
+           RETURN_EPS=drawn is not None, HAS_ROWMASK=has_rm,
+           num_warps=tile.num_warps, num_stages=tile.num_stages)
     kl = klp[0] if n_col == 1 else klp.sum(dim=0)
     return z, kl, drawn
 
 
 def poe_fusion_bwd(mu, logvar, dz, dkl, eps, row_mask, training, logvar_clamp, seed):
     M, N, d_z = mu.shape
-    bn, bz, warps = elementwise_config(d_z)
+    tile = fusion_tile("vf_elementwise", d_z, d_z, mu.dtype)
     dmu = torch.empty_like(mu)
     dlv = torch.empty_like(logvar)
     rm, has_rm = _rowmask_arg(row_mask, mu)
-    _poe_bwd_kernel[(triton.cdiv(N, bn), triton.cdiv(d_z, bz))](
-        mu, logvar, dz if dz is not None else mu, dkl if dkl is not None else mu,
-        eps if eps is not None else mu, rm, dmu, dlv, int(seed), float(logvar_clamp), N, d_z,
-        mu.stride(0), M=M, BLOCK_N=bn, BLOCK_Z=bz, HAS_DZ=dz is not None, HAS_DKL=dkl is not None,
-        HAS_EPS=eps is not None, SAMPLE=bool(training), HAS_ROWMASK=has_rm, num_warps=warps)
+    launch(_poe_bwd_kernel, (triton.cdiv(N, tile.block_m), triton.cdiv(d_z, tile.block_n)),
+           mu, logvar, dz if dz is not None else mu, dkl if dkl is not None else mu,
+           eps if eps is not None else mu, rm, dmu, dlv, int(seed), float(logvar_clamp), N, d_z,
+           mu.stride(0), M=M, BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, HAS_DZ=dz is not None,
+           HAS_DKL=dkl is not None, HAS_EPS=eps is not None, SAMPLE=bool(training), HAS_ROWMASK=has_rm,
+           num_warps=tile.num_warps, num_stages=tile.num_stages)
     return dmu, dlv

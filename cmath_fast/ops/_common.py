@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ..kernels._common import interpreting
+
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def kernel_dtype(name: str, t: torch.Tensor) -> None:

@@ -7,9 +7,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .._checks import check_lengths, check_tensor
+from .._checks import check_lengths, check_streams, check_tensor
 from ..profiling import nvtx_range
-from ..reference.functional import check_streams
 from ._common import check_device, kernel_dtype, philox_seed
 
 MAX_HEAD_DIM = 128
@@ -46,6 +45,8 @@ class CrossModalAttentionFunction(torch.autograd.Function):
 
         ks, vs = kvs[:n_streams], kvs[n_streams:]
         k, v = _stacked(ks), _stacked(vs)
+        if k.stride() != v.stride():  # the kernels address k and v with one set of strides
+            k, v = k.contiguous(), v.contiguous()
         needs_grad = any(ctx.needs_input_grad)
         out, out_u, lse = cross_modal_attention_fwd(
             q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed, joint,

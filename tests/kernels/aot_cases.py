@@ -1,6 +1,7 @@
 """The kernel configurations compiled ahead of time for sm_90: name -> (kernel, pointer types,
-constexprs, num_warps, num_stages). Representative by default; every configuration the launchers
-can choose, in every dtype and flag combination, with CMATH_FAST_AOT_FULL=1."""
+constexprs, num_warps, num_stages). Every tile the launchers can choose (from the config table
+in ``cmath_fast.kernels.configs``) in bf16 with every flag on, plus representative dtype and flag
+combinations; every tile in every dtype and flag combination with CMATH_FAST_AOT_FULL=1."""
 
 import itertools
 import os
@@ -15,10 +16,10 @@ def _cma():
     return cma
 
 
-def cma_fwd(dtype, bm, bn, bd, gates=True, dropout=True, joint=False, S=3):
+def cma_fwd(dtype, bm, bn, bd, gates=True, dropout=True, joint=False, S=3, even_d=True):
     ptr = {n: TYPES[dtype] for n in ("Q", "K", "V", "G", "O", "OU")}
     ptr.update(LSE="*fp32", QLEN="*i32", KVLEN="*i32")
-    const = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_D=True, HAS_GATES=gates,
+    const = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_D=even_d, HAS_GATES=gates,
                  STORE_UNGATED=gates, JOINT=joint, HAS_DROPOUT=dropout, UPCAST=dtype == "fp32",
                  PRECISION="ieee" if dtype == "fp32" else "tf32")
     return _cma()._cma_fwd_kernel, ptr, const
@@ -40,37 +41,52 @@ def cma_preprocess(gates):
     return _cma()._cma_bwd_preprocess_kernel, ptr, dict(S=3, BLOCK_M=64, BLOCK_D=128, HAS_GATES=gates)
 
 
-def attention_cases():
+def launcher_cases(dtypes=("bf16",)):
+    """Every tile the launchers can choose (read from the config table), every flag on: these are
+    also checked for spills."""
+    from cmath_fast.kernels.configs import all_attention_tiles
+
     cases = {}
+    for kernel, _, bd, dtype, t in all_attention_tiles():
+        if dtype not in dtypes:
+            continue
+        tag = f"{dtype}-{t.block_m}x{t.block_n}-d{bd}-w{t.num_warps}s{t.num_stages}"
+        if kernel == "cma_fwd":
+            cases[f"launcher-fwd-{tag}"] = cma_fwd(dtype, t.block_m, t.block_n, bd) + t[3:]
+        elif kernel == "cma_bwd":
+            for which in ("dkdv", "dq"):
+                cases[f"launcher-{which}-{tag}"] = cma_bwd(which, dtype, t.block_m, t.block_n, bd) + t[3:]
+        else:
+            for gates in (False, True):
+                k, ptr, const = cma_preprocess(gates)
+                const = dict(const, BLOCK_M=t.block_m, BLOCK_D=bd)
+                cases[f"launcher-preprocess-g{gates:d}-{tag}"] = (k, ptr, const) + t[3:]
+    return cases
+
+
+def attention_cases():
+    cases = launcher_cases(tuple(TYPES) if FULL else ("bf16",))
     if FULL:
-        for (kind, bm, bn, warps, stages, bd), dtype in itertools.product(_cma().launcher_configs(), TYPES):
+        from cmath_fast.kernels.configs import all_attention_tiles
+        for kernel, _, bd, dtype, t in all_attention_tiles():
             for dropout, joint in itertools.product([False, True], repeat=2):
-                if kind == "fwd":
+                tag = f"{dtype}-{t.block_m}x{t.block_n}-d{bd}-p{dropout:d}-j{joint:d}"
+                if kernel == "cma_fwd":
                     for gates in (False, True):
-                        name = f"fwd-{dtype}-{bm}x{bn}-d{bd}-g{gates:d}-p{dropout:d}-j{joint:d}"
-                        cases[name] = cma_fwd(dtype, bm, bn, bd, gates, dropout, joint) + (warps, stages)
-                else:
+                        cases[f"fwd-{tag}-g{gates:d}"] = cma_fwd(dtype, t.block_m, t.block_n, bd, gates, dropout,
+                                                                 joint) + t[3:]
+                elif kernel == "cma_bwd":
                     for which in ("dkdv", "dq"):
-                        name = f"{which}-{dtype}-{bm}x{bn}-d{bd}-p{dropout:d}-j{joint:d}"
-                        cases[name] = cma_bwd(which, dtype, bm, bn, bd, dropout, joint) + (warps, stages)
+                        cases[f"{which}-{tag}"] = cma_bwd(which, dtype, t.block_m, t.block_n, bd, dropout,
+                                                          joint) + t[3:]
     else:
-        for bd in (16, 32, 64):
-            cases[f"fwd-bf16-64x64-d{bd}"] = cma_fwd("bf16", 64, 64, bd) + (4, 2)
         cases["fwd-fp16-64x64-d64-joint"] = cma_fwd("fp16", 64, 64, 64, joint=True) + (4, 2)
         cases["fwd-fp32-32x32-d32"] = cma_fwd("fp32", 32, 32, 32) + (4, 2)
         cases["fwd-bf16-16x32-d16-plain"] = cma_fwd("bf16", 16, 32, 16, gates=False, dropout=False) + (2, 2)
+        cases["fwd-bf16-64x64-d48-uneven"] = cma_fwd("bf16", 64, 64, 64, even_d=False) + (4, 2)
         for which in ("dkdv", "dq"):
             cases[f"{which}-bf16-64x64-d64-joint"] = cma_bwd(which, "bf16", 64, 64, 64, joint=True) + (4, 2)
             cases[f"{which}-fp32-32x32-d32"] = cma_bwd(which, "fp32", 32, 32, 32) + (4, 2)
-    # The launchers' largest tiles (checked for spills too), every flag on.
-    cases["largest-fwd-d128"] = cma_fwd("bf16", 64, 64, 128) + (8, 2)
-    cases["largest-fwd-d64-128rows"] = cma_fwd("bf16", 128, 64, 64) + (8, 2)
-    cases["largest-dkdv-d128"] = cma_bwd("dkdv", "bf16", 32, 64, 128) + (8, 2)
-    cases["largest-dq-d128"] = cma_bwd("dq", "bf16", 32, 64, 128) + (8, 2)
-    cases["largest-dkdv-d64"] = cma_bwd("dkdv", "bf16", 64, 64, 64) + (4, 2)
-    cases["largest-dq-d64"] = cma_bwd("dq", "bf16", 64, 64, 64) + (4, 2)
-    for gates in (False, True):
-        cases[f"preprocess-g{gates:d}"] = cma_preprocess(gates) + (4, 2)
     cases["dropout-mask"] = (_cma()._cma_dropout_mask_kernel, {"MASK": "*i8"},
                              dict(S=3, BLOCK_M=32, BLOCK_N=32), 4, 2)
     return cases

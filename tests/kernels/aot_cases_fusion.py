@@ -42,24 +42,22 @@ def poe(kind, dtype, bn, bz, M=3):
 
 
 def fusion_cases():
+    """Every fusion tile the launchers can choose (from the config table; checked for spills),
+    plus representative dtype and flag combinations."""
+    from cmath_fast.kernels.configs import all_fusion_tiles
+
     cases = {}
-    configs = _vf().launcher_configs()
     dtypes = list(TYPES) if FULL else ["bf16"]
-    for cfg in configs:
-        for dtype in dtypes:
-            if cfg[0] == "fwd":
-                _, bn, bz, bk, warps, stages = cfg
-                cases[f"fusion-fwd-{dtype}-{bn}x{bz}x{bk}"] = vf_fwd(dtype, bn, bz, bk) + (warps, stages)
-            else:
-                _, bn, bz, warps = cfg
-                cases[f"fusion-bwd-{dtype}-{bn}x{bz}"] = vf_bwd(dtype, bn, bz) + (warps, 1)
-                if bz in (16, 64):
-                    for kind in ("fwd", "bwd"):
-                        cases[f"fusion-poe-{kind}-{dtype}-{bn}x{bz}"] = poe(kind, dtype, bn, bz) + (warps, 1)
+    for kernel, bz, bk, dtype, t in all_fusion_tiles():
+        if dtype not in dtypes:
+            continue
+        launch = (t.num_warps, t.num_stages)
+        if kernel == "vf_fwd":
+            cases[f"launcher-fusion-fwd-{dtype}-{t.block_m}x{bz}x{bk}"] = vf_fwd(dtype, t.block_m, bz, bk) + launch
+        else:
+            cases[f"launcher-fusion-bwd-{dtype}-{t.block_m}x{bz}"] = vf_bwd(dtype, t.block_m, bz) + launch
+            for kind in ("fwd", "bwd"):
+                cases[f"launcher-fusion-poe-{kind}-{dtype}-{t.block_m}x{bz}"] = poe(kind, dtype, t.block_m, bz) + launch
     cases["fusion-fwd-fp32-64x64x64"] = vf_fwd("fp32", 64, 64, 64) + (8, 3)
     cases["fusion-fwd-fp16-64x64x64-eps"] = vf_fwd("fp16", 64, 64, 64, has_eps=True) + (8, 3)
-    cases["largest-fusion-fwd"] = vf_fwd("bf16", 64, 64, 64) + (8, 3)
-    cases["largest-fusion-bwd"] = vf_bwd("bf16", 16, 64) + (4, 1)
-    cases["largest-fusion-poe-fwd"] = poe("fwd", "bf16", 16, 64) + (4, 1)
-    cases["largest-fusion-poe-bwd"] = poe("bwd", "bf16", 16, 64) + (4, 1)
     return cases

@@ -1,6 +1,6 @@
 """Every kernel configuration compiles for Hopper (sm_90) without a GPU, fits an H100's shared
-memory, uses wgmma for 16-bit tiles of 64 rows or more (mma otherwise), and the largest tiles
-do not spill registers. The compiles run in one worker process without the interpreter."""
+memory, uses wgmma for 16-bit tiles of 64 rows or more (mma otherwise), and no tile the launchers
+can choose spills registers. The compiles run in one worker process without the interpreter."""
 
 import pytest
 
@@ -8,7 +8,7 @@ from tests.kernels.aot import H100_SMEM, run_worker
 from tests.kernels.aot_cases import all_cases
 
 CASES = all_cases()
-SPILL = [n for n in CASES if n.startswith("largest-")]
+SPILL = [n for n in CASES if n.startswith("launcher-")]
 
 
 @pytest.fixture(scope="module")
@@ -16,16 +16,13 @@ def reports():
     return run_worker(list(CASES), SPILL)
 
 
-def test_launcher_largest_tiles_are_the_launchers_configs():
-    from cmath_fast.kernels import cross_modal_attention as cma
-    configs = cma.launcher_configs()
-    for name in SPILL:
-        if "fusion" in name:
-            continue
-        _, _, const, warps, stages = CASES[name]
-        kind = "fwd" if "-fwd-" in name else "bwd"
-        key = (kind, const["BLOCK_M"], const["BLOCK_N"], warps, stages, const["BLOCK_D"])
-        assert key in configs, f"{name}: {key} is not a config the launchers choose"
+def test_every_launcher_tile_is_compiled():
+    from cmath_fast.kernels.configs import all_attention_tiles, all_fusion_tiles
+    compiled = {(c[2].get("BLOCK_M", c[2].get("BLOCK_N")), c[3], c[4]) for n, c in CASES.items()
+                if n.startswith("launcher-")}
+    for kernel, _, _, dtype, t in list(all_attention_tiles()) + list(all_fusion_tiles()):
+        if dtype == "bf16":
+            assert (t.block_m, t.num_warps, t.num_stages) in compiled, f"{kernel} {t} is never compiled"
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -42,7 +39,7 @@ def test_compiles_for_sm90(reports, name):
 
 
 @pytest.mark.parametrize("name", SPILL)
-def test_largest_tiles_do_not_spill(reports, name):
+def test_launcher_tiles_do_not_spill(reports, name):
     rep = reports[name]
     if rep.get("spills") is None:
         pytest.skip("Triton's bundled ptxas is not in this installation")

@@ -48,7 +48,10 @@ def _compare(fused_out, ref_out, leaves, leaves64, dtype, label):
     for name, a, b in zip(("z", "kl"), fused_out, ref_out):
         assert_close(a.cpu(), b, atol=atol, rtol=rtol * 10, name=f"{label} {name}")
     for i, (a, b) in enumerate(zip(_grads(fused_out, leaves), _grads([r.to(torch.float64) for r in ref_out], leaves64))):
-        assert_close(a.float().cpu(), b, atol=atol * 10, rtol=rtol * 10, name=f"{label} grad[{i}]")
+        # Normwise: a gradient element is a sum of terms as large as the largest gradient (exp(lv/2)
+        # reaches e^5 at the clamp), so its rounding error scales with that, not with its own value.
+        scale = max(1.0, float(b.abs().max()))
+        assert_close(a.float().cpu(), b, atol=atol * 10 * scale, rtol=rtol * 10, name=f"{label} grad[{i}]")
 
 
 def _ref_leaves(*ts):

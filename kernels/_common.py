@@ -1,0 +1,88 @@
+"""What every kernel file shares: constants, the interpreter switch, dot precision, tile helpers
+and the launch hook.
+
+Constants used inside ``@triton.jit`` functions are ``tl.constexpr`` globals: a plain module-level
+float works in the interpreter but is a NameError in the ahead-of-time compile.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+# The log-sum-exp stored for a row with no valid key: exp2(score - BIG) underflows to exactly 0.
+BIG = tl.constexpr(1.0e30)
+# The score given to a masked key (finite, so that a fully masked row never produces NaN).
+NEG = tl.constexpr(-1.0e30)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: IEEE dots (tf32 would lose ~3 decimal digits against an fp32 reference).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def upcast(dtype: torch.dtype) -> bool:
+    """Load tiles as fp32: always in the interpreter (its bf16 arithmetic is wrong), and for fp32."""
+    return interpreting() or dtype == torch.float32
+
+
+def block_d(dh: int) -> int:
+    """A head dim padded to a power of two, at least 16 (tl.dot's minimum K on the GPU)."""
+    return max(16, triton.next_power_of_2(dh))
+
+
+@triton.jit
+def tile_prologue(pid, BLOCK: tl.constexpr, length, BLOCK_D: tl.constexpr, dh):
+    """Offsets and in-range masks of one BLOCK-row tile and of the (padded) head dim."""
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    return offs, offs_d, offs < length, offs_d < dh
+
+
+@triton.jit
+def load_rows(ptrs, row_ok, d_ok, UPCAST: tl.constexpr):
+    """A (rows, BLOCK_D) tile, zero outside the valid rows and head-dim columns."""
+    x = tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch hook: every launcher goes through ``launch`` so that tools (the device-op counter) can
+# observe kernel launches without patching this package's private names.
+
+_LAUNCH_LISTENERS: List[Callable[[str, bool], None]] = []
+
+
+def add_launch_listener(fn: Callable[[str, bool], None]) -> None:
+    """``fn(kernel_name, entering)`` is called before (True) and after (False) each launch."""
+    _LAUNCH_LISTENERS.append(fn)
+
+
+def remove_launch_listener(fn: Callable[[str, bool], None]) -> None:
+    _LAUNCH_LISTENERS.remove(fn)
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``, announced to the launch listeners."""
+    if not _LAUNCH_LISTENERS:
+        return kernel[grid](*args, **kwargs)
+    name = kernel.fn.__name__ if hasattr(kernel, "fn") else getattr(kernel, "__name__", str(kernel))
+    for fn in _LAUNCH_LISTENERS:
+        fn(name, True)
+    try:
+        return kernel[grid](*args, **kwargs)
+    finally:
+        for fn in _LAUNCH_LISTENERS:
+            fn(name, False)

@@ -1,0 +1,134 @@
+"""Launch configurations of every kernel, in one table that the launchers and the ahead-of-time
+compile tests both read.
+
+A row is a rule: (kernel, length bucket, block_d, dtype) -> tile sizes, warps, stages; ``ANY``
+matches every value and the first matching row wins. Under the interpreter every kernel takes the
+small ``INTERPRETER`` tiles (its programs run one after another, so size is only time; multi-config
+autotuning needs a driver). On a GPU the rows were chosen so that no kernel spills registers on
+sm_90 (checked by the ahead-of-time compile test), not yet for speed.
+
+Buckets: attention kernels key on the padded query length rounded up to a power of two in
+[16, 128] (longer lengths share the 128 row: new lengths reuse a compiled kernel); the fusion
+kernels key on d_z (and d_in for the GEMM's K tile).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple, Tuple
+
+import torch
+import triton
+
+from ._common import interpreting
+
+ANY = None
+
+LENGTH_BUCKETS = (16, 32, 64, 128)
+BLOCK_DS = (16, 32, 64, 128)
+DTYPES = ("fp32", "fp16", "bf16")
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class Tile(NamedTuple):
+    """BLOCK_M (rows; BLOCK_N of the fusion kernels), BLOCK_N (keys; BLOCK_Z), BLOCK_K (the
+    fusion GEMM's K tile, 0 where unused), num_warps, num_stages."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# kernel, bucket, block_d, dtype -> Tile. "cma_bwd" covers the dK/dV and the dQ kernels.
+ATTENTION = (
+    ("cma_fwd", 16, ANY, ANY, Tile(16, 32, 0, 2, 2)),
+    ("cma_fwd", 32, ANY, ANY, Tile(32, 32, 0, 4, 2)),
+    ("cma_fwd", ANY, 128, ANY, Tile(64, 64, 0, 8, 2)),
+    ("cma_fwd", 64, ANY, ANY, Tile(64, 64, 0, 4, 2)),
+    ("cma_fwd", 128, ANY, ANY, Tile(128, 64, 0, 8, 2)),
+    # both backward kernels spill at 64 x 64 with dh 128
+    ("cma_bwd", ANY, 128, ANY, Tile(32, 64, 0, 8, 2)),
+    ("cma_bwd", 16, ANY, ANY, Tile(16, 32, 0, 4, 2)),
+    ("cma_bwd", 32, ANY, ANY, Tile(32, 32, 0, 4, 2)),
+    ("cma_bwd", ANY, ANY, ANY, Tile(64, 64, 0, 4, 2)),
+    # the backward preprocess is elementwise with a row sum: 32-row tiles stay spill-free at dh 128
+    ("cma_bwd_preprocess", 16, ANY, ANY, Tile(16, 0, 0, 4, 1)),
+    ("cma_bwd_preprocess", ANY, ANY, ANY, Tile(32, 0, 0, 4, 1)),
+    ("cma_dropout_mask", ANY, ANY, ANY, Tile(32, 32, 0, 4, 1)),
+)
+
+# kernel, d_z bucket (BLOCK_Z), d_in bucket (BLOCK_K), dtype -> Tile (block_m = BLOCK_N rows,
+# block_n = BLOCK_Z). 8 warps for the GEMM: with 4, the two accumulators plus the Philox epilogue
+# spill on sm_90. 16 x 64 per 4 warps for the elementwise kernels: larger tiles spill (Philox keeps
+# four words per element).
+FUSION = (
+    ("vf_fwd", ANY, ANY, ANY, Tile(64, 0, 0, 8, 3)),
+    ("vf_elementwise", ANY, ANY, ANY, Tile(16, 0, 0, 4, 1)),
+)
+
+INTERPRETER = Tile(16, 16, 16, 1, 1)
+FUSION_Z_BUCKETS = (16, 32, 64)
+FUSION_K_BUCKETS = (16, 32, 64)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES[dtype]
+
+
+def length_bucket(n: int) -> int:
+    """Power-of-two bucket of a padded length, clipped to [16, 128]."""
+    return max(16, min(128, triton.next_power_of_2(max(int(n), 1))))
+
+
+def _lookup(table, kernel: str, key1, key2, dtype: str) -> Tile:
+    for k, a, b, d, tile in table:
+        if k == kernel and a in (ANY, key1) and b in (ANY, key2) and d in (ANY, dtype):
+            return tile
+    raise KeyError(f"no launch config for {kernel} at {key1}, {key2}, {dtype}")
+
+
+def attention_tile(kernel: str, length: int, block_d: int, dtype: torch.dtype, gpu: bool = None) -> Tile:
+    """The tile of an attention kernel ("cma_fwd", "cma_bwd", "cma_bwd_preprocess",
+    "cma_dropout_mask") for a padded query length, a padded head dim and the input dtype."""
+    if not (gpu if gpu is not None else not interpreting()):
+        return INTERPRETER
+    return _lookup(ATTENTION, kernel, length_bucket(length), block_d, dtype_name(dtype))
+
+
+def fusion_z_bucket(d_z: int) -> int:
+    return 64 if d_z > 32 else max(16, triton.next_power_of_2(d_z))
+
+
+def fusion_k_bucket(d_in: int) -> int:
+    return 64 if d_in >= 64 else max(16, triton.next_power_of_2(d_in))
+
+
+def fusion_tile(kernel: str, d_z: int, d_in: int, dtype: torch.dtype, gpu: bool = None) -> Tile:
+    """The tile of a fusion kernel ("vf_fwd", "vf_elementwise") with BLOCK_Z and BLOCK_K filled
+    in from the d_z and d_in buckets."""
+    if not (gpu if gpu is not None else not interpreting()):
+        return INTERPRETER._replace(block_n=max(16, min(32, triton.next_power_of_2(d_z))))
+    bz, bk = fusion_z_bucket(d_z), fusion_k_bucket(d_in)
+    tile = _lookup(FUSION, kernel, bz, bk, dtype_name(dtype))
+    return tile._replace(block_n=bz, block_k=bk if kernel == "vf_fwd" else 0)
+
+
+def all_attention_tiles() -> Iterator[Tuple[str, int, int, str, Tile]]:
+    """Every (kernel, bucket, block_d, dtype, tile) a launcher can choose on a GPU."""
+    for kernel in ("cma_fwd", "cma_bwd", "cma_bwd_preprocess"):
+        for bucket in LENGTH_BUCKETS:
+            for bd in BLOCK_DS:
+                for dt in DTYPES:
+                    yield kernel, bucket, bd, dt, _lookup(ATTENTION, kernel, bucket, bd, dt)
+
+
+def all_fusion_tiles() -> Iterator[Tuple[str, int, int, str, Tile]]:
+    """Every (kernel, BLOCK_Z, BLOCK_K, dtype, tile) a launcher can choose on a GPU."""
+    for kernel in ("vf_fwd", "vf_elementwise"):
+        for bz in FUSION_Z_BUCKETS:
+            for bk in (FUSION_K_BUCKETS if kernel == "vf_fwd" else (16,)):
+                for dt in DTYPES:
+                    tile = _lookup(FUSION, kernel, bz, bk, dt)
+                    yield kernel, bz, bk, dt, tile._replace(block_n=bz,
+                                                            block_k=bk if kernel == "vf_fwd" else 0)
