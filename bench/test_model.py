@@ -7,7 +7,8 @@ import torch
 from cmath_fast import CMATH, CMATHConfig
 from cmath_fast.bench.providers import MODEL_PROVIDERS
 from cmath_fast.bench.shapes import MODEL_SHAPES
-from cmath_fast.cli import random_batch
+from cmath_fast.step import train_step
+from cmath_fast.testing import random_batch
 
 
 def _params():
@@ -32,14 +33,10 @@ def test_model_step(record, shape_name, step, provider):
 
     if step == "cmath_train_step":
         model.train()
+        inputs = (text, audio, visual, speakers, lens)
 
         def run():
-            out = forward(text, audio, visual, speakers, lens)
-            total, _ = model.loss(out, labels, epoch=5)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            return total
+            return train_step(forward, opt, inputs, labels, epoch=5)[0]
     else:
         model.eval()
 

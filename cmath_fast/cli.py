@@ -12,6 +12,7 @@ from typing import List, Optional
 import torch
 
 from .config import CMATHConfig
+from .testing import random_batch
 
 
 class CLIError(Exception):
@@ -22,18 +23,6 @@ def _cmd_env(args) -> int:
     from .info import format_report
     print(format_report())
     return 0
-
-
-def random_batch(cfg: CMATHConfig, lengths: List[int], generator: torch.Generator, device="cpu"):
-    """A random right-padded batch (text, audio, visual, speakers, lengths, labels)."""
-    B, L = len(lengths), max(lengths) if lengths else 0
-    lens = torch.tensor(lengths, dtype=torch.long)
-    feats = [torch.randn(B, L, dim, generator=generator) for dim in
-             (cfg.text_dim, cfg.audio_dim, cfg.visual_dim)]
-    speakers = torch.randint(0, cfg.num_speakers, (B, L), generator=generator)
-    labels = torch.randint(0, cfg.num_classes, (B, L), generator=generator)
-    out = [t.to(device) for t in feats] + [speakers.to(device), lens.to(device), labels.to(device)]
-    return tuple(out)
 
 
 def _cmd_smoke(args) -> int:
@@ -223,7 +212,7 @@ def _cmd_bench(args) -> int:
 def _cmd_profile(args) -> int:
     from . import profiling
     from .model import CMATH
-    from .training import train_step
+    from .step import train_step
     if args.backend == "triton":
         _use_interpreter_without_cuda()
     cfg = CMATHConfig.preset(args.config)

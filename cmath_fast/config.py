@@ -20,6 +20,7 @@ MELD_CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "ang
 _CHOICES = {
     "cross_gate": ("gate", "sum"),
     "fusion": ("gaussian", "poe", "concat"),
+    "ffn_activation": ("gelu", "gelu_tanh", "relu", "silu"),
 }
 
 
@@ -44,6 +45,7 @@ class CMATHConfig:
     num_heads: int = 8
     num_layers: int = 1
     ffn_mult: int = 4
+    ffn_activation: str = "gelu"
     dropout: float = 0.5
     attn_dropout: float = 0.0
     centrals: Sequence[str] = MODALITIES
@@ -57,6 +59,8 @@ class CMATHConfig:
     # computed from the central modality (asymmetric); "sum" = every stream weighted 1 (symmetric).
     cross_gate: str = "gate"
     aux_self_attention: bool = False
+    # One softmax over the union of the streams' keys instead of one per stream (ablation).
+    joint_softmax: bool = False
 
     # Variational fusion.
     fusion: str = "gaussian"

@@ -1,16 +1,57 @@
-"""The user-facing CMATH model: the reference model with a backend switch."""
+"""The CMATH model: its modules (the parameters) and its forward, computed through one
+implementation chosen by ``backend``.
+
+Forward: per modality, reconstruction U-Net -> code Z_m; embeddings H_m = Drop(Z_m + position +
+speaker); one CMA-Transformer per central modality (the other two auxiliary) -> F_c; variational
+fusion of the F_c -> H_f; fine heads on each F_c and the coarse head on H_f. The four stages
+(encode, cma, fuse, heads) are the methods of an implementation (``cmath_fast.impl``): "torch"
+runs the reference layers, "triton" the fused kernels, with the same modules and state_dict.
+The loss (``cmath_fast.losses``) is one for both.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
 
+from ._checks import check_index_range, check_lengths, check_tensor
 from .backend import resolve_backend
-from .config import CMATHConfig
-from .reference.model import CMATHOutput, CMATHReference
+from .config import MODALITIES, MODALITY_NAMES, CMATHConfig
+from .impl import get_implementation
+from .losses import beta_at, cmath_loss
+from .profiling import nvtx_range
+from .reference.layers import (CMALayer, CMATransformer, FineHead, ModalityProjection,
+                               ModalityReconstruction, VariationalFusion, masked_mean, padding_mask)
 
 
-class CMATH(CMATHReference):
+@dataclass
+class CMATHOutput:
+    """What one forward pass returns.
+
+    logits (B, L, C): the coarse head, the model's prediction; fine_logits[c] (B, L, C) per
+    central; fine[c] (B, L, d) the fine-grained F_c; coarse (B, L, d) the fused H_f;
+    mask (B, L) valid utterances; rec_loss and kl_loss scalars; kl (B, L) per utterance.
+    """
+
+    logits: torch.Tensor
+    fine_logits: Dict[str, torch.Tensor]
+    fine: Dict[str, torch.Tensor]
+    coarse: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    rec_loss: torch.Tensor
+    kl: torch.Tensor
+    kl_loss: torch.Tensor
+    extras: dict = field(default_factory=dict)
+
+    def predictions(self) -> torch.Tensor:
+        return self.logits.argmax(dim=-1)
+
+
+class CMATH(nn.Module):
     """CMATH for multimodal emotion recognition in conversation.
 
     ``CMATH(CMATHConfig.iemocap(), backend="auto")(text, audio, visual, speakers, lengths)``.
@@ -20,66 +61,102 @@ class CMATH(CMATHReference):
     """
 
     def __init__(self, cfg: CMATHConfig, backend: str = "auto"):
-        super().__init__(cfg)
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
         self.backend, self.backend_reason = resolve_backend(backend)
-        if self.backend == "triton":
-            from .nn import fuse_attention_layers, fuse_fusion_layer
-            fuse_attention_layers(self)
-            fuse_fusion_layer(self.fusion)
+        self.impl = get_implementation(self.backend, cfg)
+        d = cfg.d_model
+        enc = ModalityReconstruction if cfg.reconstruction else ModalityProjection
+        dims = cfg.feature_dims()
+        self.encoders = nn.ModuleDict(
+            {m: enc(dims[m], d, cfg.rec_kernel_size, cfg.dropout) for m in MODALITIES})
+        # One extra speaker row for padded positions, kept at zero.
+        self.speaker_embedding = nn.Embedding(cfg.num_speakers + 1, d, padding_idx=cfg.num_speakers)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        if cfg.aux_self_attention:
+            self.aux_encoders = nn.ModuleDict({m: CMALayer(cfg, num_streams=1) for m in MODALITIES})
+        self.cma = nn.ModuleDict({c: CMATransformer(cfg, num_streams=3) for c in cfg.centrals})
+        self.fusion = VariationalFusion(cfg)
+        self.fine_heads = nn.ModuleDict(
+            {c: FineHead(d, cfg.num_classes, cfg.dropout) for c in cfg.centrals})
+        self.coarse_head = nn.Linear(d, cfg.num_classes)
+        if cfg.class_weights is not None:
+            self.register_buffer("class_weights", torch.tensor(cfg.class_weights, dtype=torch.float32))
+        else:
+            self.class_weights = None
 
-    def run_cma(self, hidden, lengths):
-        if self.backend != "triton":
-            return super().run_cma(hidden, lengths)
-        from .nn import stacked_cma
-        from .profiling import nvtx_range
+    # ------------------------------------------------------------------ inputs
+    def check_inputs(self, text, audio, visual, speakers, lengths) -> None:
+        cfg = self.cfg
+        feats = {"t": text, "a": audio, "v": visual}
+        dims = cfg.feature_dims()
+        B = L = None
+        for m, x in feats.items():
+            name = MODALITY_NAMES[m]
+            check_tensor(name, x, ndim=3, floating=True)
+            if x.shape[-1] != dims[m]:
+                raise ValueError(
+                    f"{name}: expected feature dim {dims[m]} (preset {cfg.name!r}), got {x.shape[-1]}; "
+                    f"build the config with {name}_dim={x.shape[-1]} if your features differ")
+            if B is None:
+                B, L = x.shape[0], x.shape[1]
+            elif x.shape[:2] != (B, L):
+                raise ValueError(
+                    f"{name}: expected batch and length (B, L) = {(B, L)} as text, got {tuple(x.shape[:2])}")
+        check_lengths("lengths", lengths, B, L)
+        check_tensor("speakers", speakers, ndim=2, integer=True)
+        if tuple(speakers.shape) != (B, L):
+            raise ValueError(f"speakers: expected shape {(B, L)}, got {tuple(speakers.shape)}")
+        check_index_range("speakers", speakers, padding_mask(lengths, L), cfg.num_speakers)
+
+    def set_feature_stats(self, stats: Dict[str, tuple]) -> None:
+        """Store per-feature (mean, std) of the training split for the input standardisation."""
+        for m, (mean, std) in stats.items():
+            enc = self.encoders[m]
+            mean = torch.as_tensor(mean, dtype=enc.feat_mean.dtype)
+            std = torch.as_tensor(std, dtype=enc.feat_std.dtype).clamp_min(1e-6)
+            if mean.shape != enc.feat_mean.shape or std.shape != enc.feat_std.shape:
+                raise ValueError(
+                    f"{MODALITY_NAMES[m]} stats: expected shape {tuple(enc.feat_mean.shape)}, "
+                    f"got mean {tuple(mean.shape)} and std {tuple(std.shape)}")
+            enc.feat_mean.copy_(mean)
+            enc.feat_std.copy_(std)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, text, audio, visual, speakers, lengths, *, eps: Optional[torch.Tensor] = None
+                ) -> CMATHOutput:
+        """text (B, L, D_t), audio (B, L, D_a), visual (B, L, D_v) float, right-padded;
+        speakers (B, L) int in [0, S); lengths (B,) int. ``eps`` (B, L, d_z): the fusion noise
+        to use instead of a fresh draw (for exact comparisons)."""
+        self.check_inputs(text, audio, visual, speakers, lengths)
+        B, L, _ = text.shape
+        mask = padding_mask(lengths, L)
+        impl = self.impl
+        hidden, rec = impl.encode(self, {"t": text, "a": audio, "v": visual}, speakers, mask, lengths)
         with nvtx_range("cma/" + "".join(self.cfg.centrals)):
-            return stacked_cma(self.cma, hidden, lengths, self.cfg.centrals, self.training)
+            fine = impl.cma(self, hidden, lengths)
+        with nvtx_range("fusion"):
+            coarse, kl = impl.fuse(self, [fine[c] for c in self.cfg.centrals], mask, eps)
+        with nvtx_range("heads"):
+            logits, fine_logits = impl.heads(self, coarse, fine, mask)
+        return CMATHOutput(logits=logits, fine_logits=fine_logits, fine=fine, coarse=coarse,
+                           mask=mask, lengths=lengths, rec_loss=rec, kl=kl,
+                           kl_loss=masked_mean(kl, mask))
 
-    # With the fused backend the per-central tails (fine heads, the three CE, logit and feature
-    # distillation terms) run batched over the centrals: same math, a third of the launches.
-    def compute_heads(self, coarse, fine, mask):
-        if self.backend != "triton" or len(fine) == 1:
-            return super().compute_heads(coarse, fine, mask)
-        from .nn.attention import _linear
-        C = len(fine)
-        B, L, d = coarse.shape
-        m = mask[..., None].to(coarse.dtype)
-        h = torch.stack(list(fine.values())).view(C, B * L, d)
-        heads = [self.fine_heads[c] for c in fine]
-        h = F.dropout(F.relu(h), heads[0][1].p, self.training)
-        stacked = _linear(h, [hd[2] for hd in heads]).view(C, B, L, -1) * m
-        return self.coarse_head(coarse) * m, dict(zip(fine, stacked.unbind(0)))
+    # ------------------------------------------------------------------ loss
+    def beta_at(self, epoch: Optional[int]) -> float:
+        """beta warmed up linearly from 0 over ``beta_warmup_epochs`` (full beta when epoch is None)."""
+        return beta_at(self.cfg, epoch)
 
-    def classification_terms(self, out, labels):
-        if self.backend != "triton" or len(out.fine_logits) == 1:
-            return super().classification_terms(out, labels)
-        cfg, mask = self.cfg, out.mask
-        n = mask.sum().clamp_min(1).float()
-        fine_logits = torch.stack(list(out.fine_logits.values()))  # (C, B, L, K)
-        # Cross-entropies without boolean indexing (no host sync): per-position NLL weighted by
-        # the class weight on valid positions; the C fine heads' weighted means summed.
-        y = torch.where(mask, labels, torch.zeros_like(labels)).long()
-        w = self.class_weights[y] if self.class_weights is not None else torch.ones_like(y, dtype=torch.float32)
-        w = w * mask
-        w_sum = w.sum().clamp_min(1e-12)
-
-        def nll(logits):
-            lp = F.log_softmax(logits.float(), dim=-1)
-            return -lp.gather(-1, y.expand(lp.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-
-        terms = {"ce": (nll(out.logits) * w).sum() / w_sum,
-                 "fine_ce": (nll(fine_logits) * w).sum() / w_sum}
-        tau = cfg.tau
-        teacher = out.logits.detach() if cfg.detach_teacher else out.logits
-        log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
-        log_p_s = F.log_softmax(fine_logits.float() / tau, dim=-1)
-        kl_rows = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (C, B, L)
-        m = mask.to(kl_rows.dtype)
-        terms["kd_logit"] = (kl_rows * m).sum() / n * (tau * tau if cfg.tau_squared else 1.0)
-        fine = torch.stack(list(out.fine.values())).float()
-        cos = F.cosine_similarity(fine, out.coarse.detach().float()[None], dim=-1)
-        terms["kd_feat"] = ((1.0 - cos) * m).sum() / n
-        return terms
+    def loss(self, out: CMATHOutput, labels: torch.Tensor, epoch: Optional[int] = None):
+        """Total loss and a dict of every term (detached); see ``cmath_fast.losses``."""
+        check_tensor("labels", labels, ndim=2, integer=True)
+        if labels.shape != out.mask.shape:
+            raise ValueError(f"labels: expected shape {tuple(out.mask.shape)}, got {tuple(labels.shape)}")
+        check_index_range("labels", labels, out.mask, self.cfg.num_classes)
+        with nvtx_range("loss"):
+            return cmath_loss(self.cfg, out, labels, self.class_weights, epoch)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

@@ -25,7 +25,7 @@ from .data.dataset import DataError, Dialogue, MERData, feature_stats, iterate_b
 from .data.loaders import KNOWN_VARIANTS
 from .io import atomic_write_text, load_checkpoint, save_checkpoint
 from .model import CMATH
-from .profiling import nvtx_range
+from .step import train_step
 
 SELECTION_TEXT = {
     "valid": "model selected on a seeded 10% validation split of the training dialogues",
@@ -243,21 +243,6 @@ def load_model(path: str, device: str = "cpu", backend: str = "auto"):
 
 
 # ---------------------------------------------------------------------- training
-def train_step(model: CMATH, opt: torch.optim.Optimizer, inputs, labels, epoch: Optional[int],
-               max_grad_norm: float = 0.0):
-    """One step: forward, loss, backward, (clip), optimiser step, with NVTX ranges."""
-    out = model(*inputs)
-    total, terms = model.loss(out, labels, epoch=epoch)
-    opt.zero_grad(set_to_none=True)
-    with nvtx_range("backward", "bwd"):
-        total.backward()
-    with nvtx_range("optimizer", "step"):
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
-    return total, terms
-
-
 def _write_history(path: str, history: List[dict]) -> None:
     if not history:
         return

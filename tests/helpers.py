@@ -2,7 +2,7 @@
 
 import torch
 
-from cmath_fast.cli import random_batch
+from cmath_fast.testing import random_batch
 
 
 def make_batch(cfg, lengths, seed=0, max_len=None):

@@ -69,61 +69,29 @@ class OpCounter(TorchDispatchMode):
         self.counts[self.component()] += 1
         self.ops[f"triton::{name}"] += 1
 
+    def _on_launch(self, name: str, entering: bool) -> None:
+        if entering:
+            self.count_triton(name)
+        self.in_launch = entering
+
     def __enter__(self):
+        from ..kernels._common import add_launch_listener
         profiling.add_listener(self._listen)
-        _patch_kernels(self)
+        add_launch_listener(self._on_launch)
         return super().__enter__()
 
     def __exit__(self, *exc):
-        _unpatch_kernels()
+        from ..kernels._common import remove_launch_listener
+        remove_launch_listener(self._on_launch)
         profiling.remove_listener(self._listen)
         return super().__exit__(*exc)
 
 
-_PATCHED = []
-
-
-class _CountedKernel:
-    def __init__(self, kernel, name, counter):
-        self._kernel, self._name, self._counter = kernel, name, counter
-
-    def __getitem__(self, grid):
-        launch = self._kernel[grid]
-
-        def run(*args, **kwargs):
-            self._counter.count_triton(self._name)
-            self._counter.in_launch = True
-            try:
-                return launch(*args, **kwargs)
-            finally:
-                self._counter.in_launch = False
-        return run
-
-    def __getattr__(self, item):
-        return getattr(self._kernel, item)
-
-
-def _patch_kernels(counter) -> None:
-    from ..kernels import cross_modal_attention, variational_fusion
-    for module in (cross_modal_attention, variational_fusion):
-        for name in dir(module):
-            obj = getattr(module, name)
-            if name.startswith("_") and name.endswith("_kernel") and hasattr(obj, "__getitem__"):
-                setattr(module, name, _CountedKernel(obj, name, counter))
-                _PATCHED.append((module, name, obj))
-
-
-def _unpatch_kernels() -> None:
-    while _PATCHED:
-        module, name, obj = _PATCHED.pop()
-        setattr(module, name, obj)
-
-
 def count_training_step(cfg, backend: str, lengths=(7, 5, 3, 1), seed: int = 0) -> Tuple[int, Dict[str, int], Counter]:
     """(total, per-component counts, per-op counts) of one training step of CMATH(cfg, backend)."""
-    from ..cli import random_batch
     from ..model import CMATH
-    from ..training import train_step
+    from ..step import train_step
+    from ..testing import random_batch
 
     torch.manual_seed(seed)
     model = CMATH(cfg, backend=backend)

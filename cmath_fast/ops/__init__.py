@@ -1,10 +1,13 @@
 """Fused ops: autograd Functions and functional APIs over the Triton kernels in
 ``cmath_fast.kernels`` (this package is their only importer). Each op has the interface of its
-reference in ``cmath_fast.reference``."""
+reference in ``cmath_fast.reference``; ``cross_modal_attention_packed`` is the form with keys and
+values packed in one tensor that the model calls."""
 
-from .cross_modal_attention import CrossModalAttentionFunction, cross_modal_attention
+from .cross_modal_attention import (CrossModalAttentionFunction, PackedKVAttentionFunction,
+                                    cross_modal_attention, cross_modal_attention_packed)
 from .variational_fusion import (PoEFusionFunction, VariationalFusionFunction, poe_fusion,
                                  variational_fusion)
 
-__all__ = ["CrossModalAttentionFunction", "cross_modal_attention", "VariationalFusionFunction",
-           "variational_fusion", "PoEFusionFunction", "poe_fusion"]
+__all__ = ["CrossModalAttentionFunction", "PackedKVAttentionFunction", "cross_modal_attention",
+           "cross_modal_attention_packed", "VariationalFusionFunction", "variational_fusion",
+           "PoEFusionFunction", "poe_fusion"]

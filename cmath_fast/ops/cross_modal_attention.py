@@ -88,15 +88,15 @@ class PackedKVAttentionFunction(torch.autograd.Function):
     backward kernels write directly (no per-stream slicing in autograd)."""
 
     @staticmethod
-    def forward(ctx, q, kv, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed):
+    def forward(ctx, q, kv, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed, joint):
         from ..kernels.cross_modal_attention import cross_modal_attention_fwd
 
         k, v = kv[:, :, :, 0], kv[:, :, :, 1]
         out, out_u, lse = cross_modal_attention_fwd(
-            q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed, False,
+            q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed, joint,
             store_ungated=any(ctx.needs_input_grad) and gates is not None)
         ctx.save_for_backward(q, kv, out, out_u, lse, gates, q_lengths, kv_lengths)
-        ctx.cfg = (sm_scale, dropout_p, seed)
+        ctx.cfg = (sm_scale, dropout_p, seed, joint)
         return out
 
     @staticmethod
@@ -104,23 +104,24 @@ class PackedKVAttentionFunction(torch.autograd.Function):
         from ..kernels.cross_modal_attention import cross_modal_attention_bwd
 
         q, kv, out, out_u, lse, gates, q_lengths, kv_lengths = ctx.saved_tensors
-        sm_scale, dropout_p, seed = ctx.cfg
+        sm_scale, dropout_p, seed, joint = ctx.cfg
         dkv = torch.empty_like(kv, memory_format=torch.contiguous_format)
         with nvtx_range("op/cross_modal_attention", "bwd"):
             dq, _, _, dg = cross_modal_attention_bwd(
                 dout, q, kv[:, :, :, 0], kv[:, :, :, 1], out, out_u, lse, gates, q_lengths, kv_lengths,
-                sm_scale, dropout_p, seed, False, dk=dkv[:, :, :, 0], dv=dkv[:, :, :, 1])
+                sm_scale, dropout_p, seed, joint, dk=dkv[:, :, :, 0], dv=dkv[:, :, :, 1])
         if dg is not None:
             dg = dg.to(gates.dtype)
-        return dq, dkv, dg, None, None, None, None, None
+        return dq, dkv, dg, None, None, None, None, None, None
 
 
 def cross_modal_attention_packed(q: torch.Tensor, kv: torch.Tensor, lengths: torch.Tensor, *,
                                  gates: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-                                 softmax_scale: Optional[float] = None) -> torch.Tensor:
+                                 softmax_scale: Optional[float] = None, joint: bool = False) -> torch.Tensor:
     """:func:`cross_modal_attention` with every stream's keys and values packed in kv
-    (S, B, L, 2, H, dh) and one length per dialogue shared by the queries and every stream (as in
-    a CMA layer). Returns (B, L, S, H, dh)."""
+    (S, B, L, 2, H, dh) — the layout one GEMM over [W_k | W_v] produces — and one length per
+    dialogue shared by the queries and every stream (as in a CMA layer). Returns (B, L, S, H, dh).
+    This is the form the CMATH model calls."""
     check_tensor("q", q, ndim=4, floating=True)
     kernel_dtype("q", q)
     check_device("q", q)
@@ -140,7 +141,8 @@ def cross_modal_attention_packed(q: torch.Tensor, kv: torch.Tensor, lengths: tor
     kv_len = q_len.expand(S, B)
     seed = philox_seed() if dropout_p > 0 else 0
     with nvtx_range("op/cross_modal_attention"):
-        return PackedKVAttentionFunction.apply(q, kv, gates, q_len, kv_len, scale, float(dropout_p), seed)
+        return PackedKVAttentionFunction.apply(q, kv, gates, q_len, kv_len, scale, float(dropout_p), seed,
+                                               bool(joint))
 
 
 def cross_modal_attention(

@@ -1,5 +1,6 @@
-"""Reference layers of CMATH (pure PyTorch). The fused layers in ``cmath_fast.nn`` subclass these,
-so a state_dict moves between backends unchanged.
+"""Reference layers of CMATH (pure PyTorch): the modules own the parameters and their forwards are
+the spec. The fused implementation (``cmath_fast.impl.triton_impl``) computes with the same
+modules, reading every hyper-parameter from them, so a state_dict moves between backends unchanged.
 
 Everything is batch-first and right-padded: (B, L, ...) with a dialogue's valid utterances in the
 prefix ``[:lengths[b]]``. ``mask`` is the (B, L) bool of valid positions.
@@ -8,7 +9,8 @@ prefix ``[:lengths[b]]``. ``mask`` is the (B, L) bool of valid positions.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,6 +19,14 @@ import torch.nn.functional as F
 from ..config import MODALITIES, CMATHConfig
 from .functional import (cross_modal_attention_ref, key_padding_mask, poe_fusion_ref,
                          variational_fusion_ref)
+
+
+ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
 
 
 def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -89,12 +99,14 @@ class CrossModalAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, num_heads: int, num_streams: int, gated: bool,
-                 attn_dropout: float = 0.0):
+                 attn_dropout: float = 0.0, joint: bool = False):
         super().__init__()
         self.d_model, self.num_heads, self.num_streams = d_model, num_heads, num_streams
         self.head_dim = d_model // num_heads
         self.gated = gated and num_streams > 1
         self.attn_dropout = attn_dropout
+        # joint: one softmax over the union of every stream's keys (ablation of the per-stream one)
+        self.joint = joint
         self.norm_q = nn.LayerNorm(d_model)
         # Normalisation of the auxiliary streams (the central stream shares norm_q).
         self.norm_kv = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_streams - 1))
@@ -124,10 +136,6 @@ class CrossModalAttention(nn.Module):
         return [torch.bernoulli(torch.full((B, self.num_heads, Lq, lk), keep, device=device))
                 .to(dtype) / keep for lk in lks]
 
-    def attend(self, q, ks, vs, lengths, gates, dropout_mask):
-        """The seam for the fused kernel: (B, Lq, S, H, dh)."""
-        return cross_modal_attention_ref(q, ks, vs, lengths, [lengths] * len(ks), gates=gates,
-                                         dropout_mask=dropout_mask)
 
     def forward(self, x: torch.Tensor, aux: Sequence[torch.Tensor], lengths: torch.Tensor):
         """x: (B, L, d) central state; aux: S-1 auxiliary streams (B, L, d)."""
@@ -138,20 +146,29 @@ class CrossModalAttention(nn.Module):
         ks = [self._heads(w(s)) for w, s in zip(self.w_k, streams)]
         vs = [self._heads(w(s)) for w, s in zip(self.w_v, streams)]
         masks = self.dropout_masks(B, L, [L] * self.num_streams, x.device, x.dtype)
-        o = self.attend(q, ks, vs, lengths, self.gates(xn), masks)  # (B, L, S, H, dh)
+        o = cross_modal_attention_ref(q, ks, vs, lengths, [lengths] * len(ks), gates=self.gates(xn),
+                                      dropout_mask=masks, joint=self.joint)  # (B, L, S, H, dh)
         return self.w_o(o.reshape(B, L, self.num_streams * self.d_model))
 
 
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, mult: int, dropout: float):
+    """fc2(Drop(act(fc1(LN(x))))); ``activation`` names an entry of ACTIVATIONS."""
+
+    def __init__(self, d_model: int, mult: int, dropout: float, activation: str = "gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         self.norm = nn.LayerNorm(d_model)
         self.fc1 = nn.Linear(d_model, mult * d_model)
         self.fc2 = nn.Linear(mult * d_model, d_model)
         self.dropout = nn.Dropout(dropout)
 
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return ACTIVATIONS[self.activation](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(F.gelu(self.fc1(self.norm(x)))))
+        return self.fc2(self.dropout(self.act(self.fc1(self.norm(x)))))
 
 
 class CMALayer(nn.Module):
@@ -160,8 +177,9 @@ class CMALayer(nn.Module):
     def __init__(self, cfg: CMATHConfig, num_streams: int):
         super().__init__()
         self.attn = CrossModalAttention(cfg.d_model, cfg.num_heads, num_streams,
-                                        gated=cfg.cross_gate == "gate", attn_dropout=cfg.attn_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_mult, cfg.dropout)
+                                        gated=cfg.cross_gate == "gate", attn_dropout=cfg.attn_dropout,
+                                        joint=cfg.joint_softmax)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_mult, cfg.dropout, cfg.ffn_activation)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, aux, lengths):
@@ -210,19 +228,13 @@ class VariationalFusion(nn.Module):
         self.w_z = nn.Linear(d if self.kind == "concat" else dz, d)
         self.norm = nn.LayerNorm(d)
 
-    def gaussian(self, e, weight, bias, eps, row_mask):
-        """The seam for the fused Gaussian kernel."""
-        return variational_fusion_ref(e, weight, bias, eps=eps, row_mask=row_mask,
-                                      training=self.training, logvar_clamp=self.logvar_clamp)
-
-    def poe(self, mu, logvar, eps, row_mask):
-        """The seam for the fused product-of-experts kernel."""
-        return poe_fusion_ref(mu, logvar, eps=eps, row_mask=row_mask, training=self.training,
-                              logvar_clamp=self.logvar_clamp)
-
     def forward(self, fine: Sequence[torch.Tensor], mask: torch.Tensor,
-                eps: Optional[torch.Tensor] = None):
-        """fine: list of (B, L, d); mask (B, L) -> (H_f (B, L, d), kl (B, L))."""
+                eps: Optional[torch.Tensor] = None, *, gaussian=variational_fusion_ref,
+                poe=poe_fusion_ref):
+        """fine: list of (B, L, d); mask (B, L) -> (H_f (B, L, d), kl (B, L)).
+
+        ``gaussian`` and ``poe`` compute the latent: the references by default; the fused
+        implementation passes the Triton ops, which take the same arguments."""
         B, L, d = fine[0].shape
         rows = mask.reshape(B * L)
         if eps is not None:
@@ -231,15 +243,37 @@ class VariationalFusion(nn.Module):
             ml = [ex(f).reshape(B * L, -1).chunk(2, dim=-1) for ex, f in zip(self.experts, fine)]
             mu = torch.stack([a for a, _ in ml])
             logvar = torch.stack([b for _, b in ml])
-            z, kl = self.poe(mu, logvar, eps, rows)
+            z, kl = poe(mu, logvar, eps=eps, row_mask=rows, training=self.training,
+                        logvar_clamp=self.logvar_clamp)
         else:
             e = F.gelu(self.w_e(torch.cat(list(fine), dim=-1))).reshape(B * L, d)
             if self.kind == "concat":
                 z, kl = e, torch.zeros(B * L, device=e.device, dtype=e.dtype)
             else:
-                z, kl = self.gaussian(e, self.w_musigma.weight, self.w_musigma.bias, eps, rows)
+                z, kl = gaussian(e, self.w_musigma.weight, self.w_musigma.bias, eps=eps, row_mask=rows,
+                                 training=self.training, logvar_clamp=self.logvar_clamp)
         h = self.norm(self.w_z(z)).reshape(B, L, d)
         return h, kl.reshape(B, L)
+
+
+class FineHead(nn.Sequential):
+    """The fine head of one central: Linear(Dropout(ReLU(F_c))). A Sequential, so that checkpoints
+    keep their keys (``fine_heads.<c>.2.weight``); the parts are reached by name."""
+
+    def __init__(self, d_model: int, num_classes: int, dropout: float):
+        super().__init__(nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_model, num_classes))
+
+    @property
+    def act(self) -> nn.Module:
+        return self[0]
+
+    @property
+    def dropout(self) -> nn.Dropout:
+        return self[1]
+
+    @property
+    def proj(self) -> nn.Linear:
+        return self[2]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -253,7 +287,7 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 __all__ = [
-    "sinusoidal_positions", "ModalityReconstruction", "ModalityProjection", "CrossModalAttention",
-    "FeedForward", "CMALayer", "CMATransformer", "VariationalFusion", "stream_order",
-    "masked_mean", "padding_mask",
+    "ACTIVATIONS", "sinusoidal_positions", "ModalityReconstruction", "ModalityProjection",
+    "CrossModalAttention", "FeedForward", "CMALayer", "CMATransformer", "VariationalFusion",
+    "FineHead", "stream_order", "masked_mean", "padding_mask",
 ]

@@ -36,9 +36,7 @@ def test_fused_model_equals_reference(overrides):
     cfg = CMATHConfig.tiny(dropout=0.0, **overrides)
     ref, fused = _pair(cfg)
     assert list(ref.state_dict()) == list(fused.state_dict())
-    from cmath_fast.nn import FusedCrossModalAttention, FusedVariationalFusion
-    assert isinstance(fused.cma[cfg.centrals[0]].layers[0].attn, FusedCrossModalAttention)
-    assert isinstance(fused.fusion, FusedVariationalFusion) == (cfg.fusion != "concat")
+    assert (ref.impl.name, fused.impl.name) == ("torch", "triton")
     batch = make_batch(cfg, [5, 0, 1, 3])
     eps = torch.randn(4, 5, cfg.d_z)
     results = []

@@ -1,0 +1,55 @@
+"""The reference implementation: every stage is the reference layers' own forward (the spec)."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from ..config import MODALITIES
+from ..profiling import nvtx_range
+from ..reference.layers import sinusoidal_positions, stream_order
+from .base import Implementation
+
+
+class TorchImplementation(Implementation):
+    name = "torch"
+
+    def encode(self, model, feats, speakers, mask, lengths):
+        cfg = model.cfg
+        n_valid = mask.sum().clamp_min(1).to(torch.float32)
+        codes, rec = {}, feats["t"].new_zeros(())
+        with nvtx_range("reconstruction"):
+            for m in MODALITIES:
+                z, x_hat, x_std = model.encoders[m](feats[m], mask)
+                if x_hat is not None:
+                    rec = rec + (x_hat - x_std).pow(2).sum() / (n_valid * x_std.shape[-1])
+                codes[m] = z
+        with nvtx_range("embed"):
+            B, L = mask.shape
+            pos = sinusoidal_positions(L, cfg.d_model, device=mask.device, dtype=feats["t"].dtype)
+            spk = torch.where(mask, speakers.long(), torch.full_like(speakers.long(), cfg.num_speakers))
+            spk = model.speaker_embedding(spk)
+            hidden = {m: model.embed_dropout(z + pos + spk) for m, z in codes.items()}
+            if cfg.aux_self_attention:
+                hidden = self.self_attention(model.aux_encoders, hidden, lengths)
+        return hidden, rec
+
+    def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths) -> Dict[str, torch.Tensor]:
+        """The auxiliary streams' own 1-layer self-attention (``aux_self_attention``)."""
+        return {m: layers[m](h, [], lengths) for m, h in hidden.items()}
+
+    def cma(self, model, hidden, lengths):
+        fine = {}
+        for c in model.cfg.centrals:
+            order = stream_order(c)
+            fine[c] = model.cma[c](hidden[c], [hidden[m] for m in order[1:]], lengths)
+        return fine
+
+    def fuse(self, model, fine, mask, eps):
+        return model.fusion(fine, mask, eps)
+
+    def heads(self, model, coarse, fine, mask):
+        m = mask[..., None].to(coarse.dtype)
+        logits = model.coarse_head(coarse) * m
+        return logits, {c: model.fine_heads[c](f) * m for c, f in fine.items()}

@@ -1,0 +1,113 @@
+"""The fused implementation: the Triton ops of ``cmath_fast.ops`` and batched GEMMs, on the
+reference modules.
+
+- cma: the centrals are stacked on the batch axis. Per layer: one GEMM for every (stream,
+  central) key/value projection, one for the queries, one for the gates, ONE attention launch for
+  all C x S attentions, one GEMM for the output projections, the FFNs batched over the centrals.
+  The auxiliary self-attention (``aux_self_attention``) is the same stacked layer over the three
+  modalities with one stream each.
+- fuse: the reference VariationalFusion's forward with the fused latent ops.
+- heads: the fine heads batched over the centrals.
+- encode: the reference U-Nets and embeddings (inherited).
+Every hyper-parameter (activation, dropout rates and training flags, norm eps, layer count,
+gating, joint softmax) is read from the modules or the config.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import torch
+
+from ..config import MODALITIES
+from ..ops import cross_modal_attention_packed, poe_fusion, variational_fusion
+from ..ops.cross_modal_attention import MAX_HEAD_DIM
+from ..reference.layers import CMALayer, stream_order
+from .batched import batched_linear, dropout, kv_projection, stacked_layer_norm
+from .torch_impl import TorchImplementation
+
+
+def _hyper_parameters(layer: CMALayer) -> tuple:
+    a, f = layer.attn, layer.ffn
+    return (a.num_streams, a.num_heads, a.gated, a.joint, a.attn_dropout, a.training, f.activation,
+            f.dropout.p, f.dropout.training, layer.dropout.p, layer.dropout.training)
+
+
+def cma_layer_stacked(layers: Sequence[CMALayer], x: torch.Tensor, aux: Sequence[torch.Tensor],
+                      lengths: torch.Tensor) -> torch.Tensor:
+    """C CMA layers of the same shape, layer i applied to x[i]: x (C, B, L, d) central states,
+    aux S-1 tensors (C, B, L, d) of auxiliary streams, lengths (C*B,) -> the new x (C, B, L, d).
+    Same math as ``layers[i](x[i], [a[i] for a in aux], lengths)``."""
+    hp = {_hyper_parameters(layer) for layer in layers}
+    if len(hp) != 1:
+        raise ValueError(f"cma_layer_stacked: the stacked layers differ in hyper-parameters: {sorted(hp)}")
+    C, B, L, d = x.shape
+    attn = [layer.attn for layer in layers]
+    first = attn[0]
+    S, H, dh = first.num_streams, first.num_heads, first.head_dim
+    xn = stacked_layer_norm(x, [a.norm_q for a in attn])
+    streams = [xn] + [stacked_layer_norm(aux[s - 1], [a.norm_kv[s - 1] for a in attn]) for s in range(1, S)]
+    # (S*C, B*L, d) @ (S*C, d, 2d): stream-major so that each stream's k (and v) over the stacked
+    # batch C*B is one equally strided view.
+    inp = torch.stack(streams).view(S * C, B * L, d)
+    kv = kv_projection(inp, attn, S).view(S, C * B, L, 2, H, dh)
+    xn_rows = xn.view(C, B * L, d)
+    q = batched_linear(xn_rows, [a.w_q for a in attn]).view(C * B, L, H, dh)
+    gates = None
+    if first.gated:
+        g = torch.sigmoid(batched_linear(xn_rows, [a.w_g for a in attn])).view(C * B, L, S - 1, H)
+        gates = torch.cat([torch.ones_like(g[:, :, :1]), g], dim=2)
+    p = first.attn_dropout if first.training else 0.0
+    o = cross_modal_attention_packed(q, kv, lengths, gates=gates, dropout_p=p, joint=first.joint)
+    o = batched_linear(o.view(C, B * L, S * d), [a.w_o for a in attn]).view(C, B, L, d)
+    x = x + dropout(o, layers[0].dropout)
+    ffns = [layer.ffn for layer in layers]
+    h = stacked_layer_norm(x, [f.norm for f in ffns]).view(C, B * L, d)
+    h = dropout(ffns[0].act(batched_linear(h, [f.fc1 for f in ffns])), ffns[0].dropout)
+    h = batched_linear(h, [f.fc2 for f in ffns]).view(C, B, L, d)
+    return x + dropout(h, layers[0].dropout)
+
+
+class TritonImplementation(TorchImplementation):
+    name = "triton"
+
+    def not_supported_reasons(self, cfg) -> List[str]:
+        reasons = []
+        if cfg.head_dim > MAX_HEAD_DIM:
+            reasons.append(f"head dim {cfg.head_dim} (d_model {cfg.d_model} / {cfg.num_heads} heads) "
+                           f"exceeds the attention kernel's {MAX_HEAD_DIM}")
+        return reasons
+
+    def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths) -> Dict[str, torch.Tensor]:
+        names = [m for m in MODALITIES if m in hidden]
+        x = torch.stack([hidden[m] for m in names])
+        out = cma_layer_stacked([layers[m] for m in names], x, [], lengths.repeat(len(names)))
+        return dict(zip(names, out.unbind(0)))
+
+    def cma(self, model, hidden, lengths):
+        centrals = model.cfg.centrals
+        C = len(centrals)
+        x = torch.stack([hidden[c] for c in centrals])  # (C, B, L, d)
+        S = len(stream_order(centrals[0]))
+        aux = [torch.stack([hidden[stream_order(c)[s]] for c in centrals]) for s in range(1, S)]
+        lens = lengths.repeat(C)
+        stacks = [model.cma[c] for c in centrals]
+        for li in range(len(stacks[0].layers)):
+            x = cma_layer_stacked([t.layers[li] for t in stacks], x, aux, lens)
+        out = stacked_layer_norm(x, [t.norm for t in stacks])
+        return dict(zip(centrals, out.unbind(0)))
+
+    def fuse(self, model, fine, mask, eps):
+        return model.fusion(fine, mask, eps, gaussian=variational_fusion, poe=poe_fusion)
+
+    def heads(self, model, coarse, fine, mask):
+        if len(fine) == 1:
+            return super().heads(model, coarse, fine, mask)
+        C = len(fine)
+        B, L, d = coarse.shape
+        m = mask[..., None].to(coarse.dtype)
+        heads = [model.fine_heads[c] for c in fine]
+        h = torch.stack(list(fine.values())).view(C, B * L, d)
+        h = dropout(heads[0].act(h), heads[0].dropout)
+        stacked = batched_linear(h, [hd.proj for hd in heads]).view(C, B, L, -1) * m
+        return model.coarse_head(coarse) * m, dict(zip(fine, stacked.unbind(0)))

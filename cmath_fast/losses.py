@@ -1,0 +1,77 @@
+"""The CMATH loss, once, for every implementation: classification, hierarchical distillation,
+reconstruction and KL terms, free of host synchronisation (no boolean indexing, no ``.item()``).
+
+    L = CE(coarse) + gamma_fine sum_c CE(fine_c) + gamma_kd KD_logit + gamma_feat KD_feat
+        + lambda_rec L_rec + beta(epoch) L_KL
+
+CE is over valid utterances, weighted by the optional class weights (a weighted mean, as
+``F.cross_entropy(weight=...)``); KD_logit = sum_c KL(softmax(y_f / tau) || softmax(y_c / tau)),
+times tau^2 when ``tau_squared``, the teacher y_f detached when ``detach_teacher``; KD_feat =
+sum_c mean(1 - cos(F_c, sg(H_f))).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import CMATHConfig
+
+
+def beta_at(cfg: CMATHConfig, epoch: Optional[int]) -> float:
+    """beta warmed up linearly from 0 over ``beta_warmup_epochs`` (full beta when epoch is None)."""
+    if epoch is None or cfg.beta_warmup_epochs == 0:
+        return cfg.beta
+    return cfg.beta * min(1.0, epoch / cfg.beta_warmup_epochs)
+
+
+def _nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-position negative log-likelihood of the labels y (B, L); logits (..., B, L, K)."""
+    lp = F.log_softmax(logits.float(), dim=-1)
+    return -lp.gather(-1, y.expand(lp.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+
+
+def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
+                         class_weights: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """ce, fine_ce (summed over the centrals), kd_logit and kd_feat of a forward output."""
+    mask = out.mask
+    m = mask.to(torch.float32)
+    n = m.sum().clamp_min(1.0)
+    fine_logits = torch.stack(list(out.fine_logits.values()))  # (C, B, L, K)
+    # Labels at padded positions may be anything: read them as class 0, then weigh them 0.
+    y = torch.where(mask, labels, torch.zeros_like(labels)).long()
+    w = class_weights[y] if class_weights is not None else torch.ones_like(y, dtype=torch.float32)
+    w = w * m
+    w_sum = w.sum().clamp_min(1e-12)
+    terms = {"ce": (_nll(out.logits, y) * w).sum() / w_sum,
+             # the C fine heads' weighted means, summed
+             "fine_ce": (_nll(fine_logits, y) * w).sum() / w_sum}
+
+    tau = cfg.tau
+    teacher = out.logits.detach() if cfg.detach_teacher else out.logits
+    log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
+    log_p_s = F.log_softmax(fine_logits.float() / tau, dim=-1)
+    kl_rows = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (C, B, L)
+    terms["kd_logit"] = (kl_rows * m).sum() / n * (tau * tau if cfg.tau_squared else 1.0)
+
+    fine = torch.stack(list(out.fine.values())).float()
+    cos = F.cosine_similarity(fine, out.coarse.detach().float()[None], dim=-1)
+    terms["kd_feat"] = ((1.0 - cos) * m).sum() / n
+    return terms
+
+
+def cmath_loss(cfg: CMATHConfig, out, labels: torch.Tensor, class_weights: Optional[torch.Tensor],
+               epoch: Optional[int] = None):
+    """(total loss, dict of every term detached, with ``beta`` and ``total``)."""
+    terms = classification_terms(cfg, out, labels, class_weights)
+    terms["rec"] = out.rec_loss.float()
+    terms["kl"] = out.kl_loss.float()
+    beta = beta_at(cfg, epoch)
+    total = (terms["ce"] + cfg.gamma_fine * terms["fine_ce"] + cfg.gamma_kd * terms["kd_logit"]
+             + cfg.gamma_feat * terms["kd_feat"] + cfg.lambda_rec * terms["rec"] + beta * terms["kl"])
+    terms = {k: v.detach() for k, v in terms.items()}
+    terms["beta"] = torch.tensor(beta)
+    terms["total"] = total.detach()
+    return total, terms
