@@ -1,5 +1,6 @@
 """The fused CMATH (backend "triton") against the reference CMATH with the same weights."""
 
+import fnmatch
 import os
 
 import pytest
@@ -19,6 +20,8 @@ VARIANTS = [
     pytest.param({"cross_gate": "sum", "aux_self_attention": True, "num_layers": 2}, id="sum-aux-2layers"),
     pytest.param({"fusion": "poe", "centrals": ("a", "v"), "class_weights": [1, 2, 0.5, 3]}, id="poe-weighted"),
     pytest.param({"fusion": "concat", "reconstruction": False}, id="concat"),
+    pytest.param({"joint_softmax": True, "ffn_activation": "relu"}, id="joint-relu"),
+    pytest.param({"ffn_activation": "silu", "aux_self_attention": True}, id="silu-aux"),
 ]
 
 
@@ -78,3 +81,66 @@ def test_triton_without_cuda_or_interpreter_is_refused(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendUnavailableError, match="no CUDA device"):
         CMATH(CMATHConfig.tiny(), backend="triton")
+
+
+@needs_kernels
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_activation_changes_both_paths_alike(activation):
+    cfg = CMATHConfig.tiny(dropout=0.0)
+    ref, fused = _pair(cfg.replace(ffn_activation=activation))
+    gelu_ref, _ = _pair(cfg)
+    batch = make_batch(cfg, [5, 2, 3])
+    for m in (ref, fused, gelu_ref):
+        m.eval()
+    r, f, g = (m(*batch[:5]).logits for m in (ref, fused, gelu_ref))
+    assert_close(f, r, atol=2e-5, name=f"logits with {activation}")
+    assert (r - g).abs().max() > 1e-4, "the activation must change the result"
+
+
+def _all_logits(out):
+    return torch.cat([out.logits] + [out.fine_logits[c] for c in sorted(out.fine_logits)], dim=-1)
+
+
+def _dropouts(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+
+
+@needs_kernels
+@pytest.mark.parametrize("which", ["cma.*.layers.0.dropout", "cma.*.layers.0.ffn.dropout",
+                                   "fine_heads.*.1", "aux_encoders.*.dropout", "embed_dropout"])
+def test_dropout_rates_are_read_from_the_modules(which):
+    """Rate 1 on one kind of dropout module (every other at 0): deterministic in training mode, so
+    the two implementations agree exactly — and differ from rate 0 — only if the fused path reads
+    those modules' rate and applies it where the reference does."""
+    cfg = CMATHConfig.tiny(dropout=0.0, aux_self_attention=True)
+    ref, fused = _pair(cfg)
+    batch = make_batch(cfg, [5, 2, 3])
+    eps = torch.zeros(3, 5, cfg.d_z)
+    results = []
+    for model in (ref, fused):
+        model.train()
+        before = _all_logits(model(*batch[:5], eps=eps))
+        picked = [m for name, m in _dropouts(model).items() if fnmatch.fnmatch(name, which)]
+        assert picked, sorted(_dropouts(model))
+        for m in picked:
+            m.p = 1.0
+        results.append((before, _all_logits(model(*batch[:5], eps=eps))))
+    (r0, r1), (f0, f1) = results
+    assert_close(f1, r1, atol=2e-5, name=f"coarse and fine logits with {which} at rate 1")
+    assert (r1 - r0).abs().max() > 1e-4, f"rate 1 on {which} must change the result"
+
+
+@needs_kernels
+def test_stacked_layers_with_different_hyper_parameters_are_refused():
+    cfg = CMATHConfig.tiny(dropout=0.1)
+    _, fused = _pair(cfg)
+    fused.cma["a"].layers[0].ffn.dropout.p = 0.3
+    batch = make_batch(cfg, [3, 2])
+    with pytest.raises(ValueError, match="differ in hyper-parameters"):
+        fused(*batch[:5])
+
+
+def test_activation_table_matches_config_choices():
+    from cmath_fast.config import _CHOICES
+    from cmath_fast.reference import ACTIVATIONS
+    assert set(ACTIVATIONS) == set(_CHOICES["ffn_activation"])
