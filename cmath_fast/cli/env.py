@@ -1,0 +1,60 @@
+"""``cmath-fast env`` (what can run here, and why not) and ``cmath-fast smoke`` (one forward +
+backward of a preset on a random ragged batch)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..config import CMATHConfig
+from ..testing import random_batch
+
+
+def cmd_env(args) -> int:
+    from ..info import format_report
+    print(format_report())
+    return 0
+
+
+def cmd_smoke(args) -> int:
+    from ..model import CMATH
+    cfg = CMATHConfig.preset(args.preset)
+    if args.d_model:
+        cfg = cfg.replace(d_model=args.d_model, d_z=args.d_model)
+    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    model = CMATH(cfg, backend=args.backend).to(args.device)
+    lengths = torch.randint(1, args.max_len + 1, (args.batch,), generator=gen).tolist()
+    lengths[-1] = args.max_len
+    text, audio, visual, speakers, lens, labels = random_batch(cfg, lengths, gen, args.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"preset {cfg.name}: d_model {cfg.d_model}, {n_params / 1e6:.2f} M parameters, "
+          f"backend {model.backend} ({model.backend_reason}), device {args.device}")
+    print(f"batch: {len(lengths)} dialogues, lengths {lengths}")
+    t0 = time.perf_counter()
+    out = model(text, audio, visual, speakers, lens)
+    total, terms = model.loss(out, labels)
+    total.backward()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    print("loss terms: " + ", ".join(f"{k} {float(v):.4f}" for k, v in terms.items()))
+    ok = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    print(f"forward + backward: {dt * 1000:.1f} ms; gradients finite: {ok}")
+    return 0 if ok and torch.isfinite(total) else 1
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("env", help="versions, devices and which backends can run, and why not")
+    s.set_defaults(func=cmd_env)
+
+    s = sub.add_parser("smoke", help="one forward + backward of a preset on a random ragged batch")
+    s.add_argument("--preset", default="tiny", choices=["tiny", "iemocap", "meld"])
+    s.add_argument("--d-model", type=int, default=None, help="override the preset's d_model")
+    s.add_argument("--batch", type=int, default=4)
+    s.add_argument("--max-len", type=int, default=12)
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_smoke)

@@ -1,0 +1,59 @@
+"""Prediction and metrics (scikit-learn's accuracy, weighted F1, per-class F1, confusion)."""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+from ..data.dataset import Dialogue, iterate_batches
+from ..model import CMATH
+
+def metrics_from(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    labels = list(range(len(class_names)))
+    per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted",
+                                      zero_division=0)) if len(y_true) else 0.0,
+        "per_class_f1": {name: float(f) for name, f in zip(class_names, per_class)},
+        "n_utterances": int(len(y_true)),
+    }
+
+
+@torch.no_grad()
+def predict_dialogues(model: CMATH, dialogues: Sequence[Dialogue], batch_size: int, device: str):
+    """-> list of (dialogue, probabilities (L, C) numpy) in the order given."""
+    model.eval()
+    out = []
+    for batch in iterate_batches(dialogues, batch_size):
+        b = batch.to(device)
+        probs = torch.softmax(model(*b.inputs()).logits.float(), dim=-1).cpu().numpy()
+        for i, vid in enumerate(batch.ids):
+            n = int(batch.lengths[i])
+            out.append((vid, probs[i, :n]))
+    by_id = {d.id: d for d in dialogues}
+    return [(by_id[vid], p) for vid, p in out]
+
+
+def evaluate_model(model: CMATH, dialogues: Sequence[Dialogue], batch_size: int, device: str,
+                   class_names: Sequence[str]) -> dict:
+    preds = predict_dialogues(model, dialogues, batch_size, device)
+    y_true = np.concatenate([d.labels for d, _ in preds]) if preds else np.zeros(0, dtype=np.int64)
+    y_pred = np.concatenate([p.argmax(-1) for _, p in preds]) if preds else np.zeros(0, dtype=np.int64)
+    result = metrics_from(y_true, y_pred, class_names)
+    result["_y_true"], result["_y_pred"] = y_true, y_pred
+    return result
+
+
+def public(m: dict) -> dict:
+    return {k: v for k, v in m.items() if not k.startswith("_")}
+
+
+def confusion_matrix_of(m: dict, n_classes: int) -> List[List[int]]:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(m["_y_true"], m["_y_pred"], labels=list(range(n_classes))).tolist()

@@ -1,0 +1,170 @@
+"""The training loop: epochs, selection, resume, the run folder.
+
+A run writes into its output folder: ``config.json``, ``metrics.json``, ``history.csv``,
+``best.safetensors`` (weights + JSON metadata: config, epoch, metrics), ``last.safetensors``
+(everything ``--resume`` needs: weights, optimiser, RNG states, history) and, when matplotlib is
+present, ``curves.png`` and ``confusion.png``. Every file is written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from ..config import CMATHConfig
+from ..data.dataset import MERData, feature_stats, iterate_batches, num_batches
+from ..io import atomic_write_text, load_checkpoint
+from ..model import CMATH
+from ..step import train_step
+from .checkpoints import flatten_optimizer, unflatten_optimizer, save_model
+from .evaluation import confusion_matrix_of, evaluate_model, public
+from .options import SELECTION_TEXT, TrainOptions
+from .plots import write_plots
+from .splits import selection_split
+
+def _write_history(path: str, history: List[dict]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _summary_line(row: dict, select_on: str) -> str:
+    sel = "test*" if select_on == "test" else "valid"
+    return (f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  "
+            f"{sel} acc {row['select_accuracy']:.4f} wF1 {row['select_weighted_f1']:.4f}  "
+            f"test acc {row['test_accuracy']:.4f} wF1 {row['test_weighted_f1']:.4f}  "
+            f"{row['seconds']:.1f}s")
+
+
+def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
+              log=print) -> dict:
+    """Train one seed into ``out_dir``; returns the metrics of the selected epoch."""
+    opts.validate()
+    os.makedirs(out_dir, exist_ok=True)
+    train_ids, select_ids, test_ids = selection_split(data, opts.select_on, opts.seed)
+    train_d = [data.dialogues[i] for i in train_ids]
+    select_d = [data.dialogues[i] for i in select_ids]
+    test_d = [data.dialogues[i] for i in test_ids]
+    names = tuple(data.class_names)
+
+    torch.manual_seed(opts.seed)
+    model = CMATH(cfg, backend=opts.backend)
+    model.set_feature_stats(feature_stats(train_d))
+    model.to(opts.device)
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    shuffle_gen = torch.Generator().manual_seed(opts.seed)
+    history: List[dict] = []
+    best = {"score": -math.inf, "epoch": -1, "select": None, "test": None}
+    start_epoch = 0
+    last_path = os.path.join(out_dir, "last.safetensors")
+
+    if opts.resume and os.path.isfile(last_path):
+        tensors, meta = load_checkpoint(last_path)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        torch.set_rng_state(tensors["rng/torch"])
+        shuffle_gen.set_state(tensors["rng/shuffle"])
+        if opts.device.startswith("cuda") and "rng/cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng/cuda"])
+        history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
+        log(f"resumed from {last_path} after epoch {meta['epoch']}")
+    atomic_write_text(os.path.join(out_dir, "config.json"), cfg.to_json())
+
+    for epoch in range(start_epoch, opts.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        sums: Dict[str, float] = {}
+        n_steps = num_batches(len(train_d), opts.batch_size)
+        bar = _progress(n_steps, f"epoch {epoch}", opts.progress)
+        for batch in iterate_batches(train_d, opts.batch_size, shuffle=True, generator=shuffle_gen):
+            b = batch.to(opts.device)
+            total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+        bar.close()
+        sel = evaluate_model(model, select_d, opts.batch_size, opts.device, names)
+        tst = evaluate_model(model, test_d, opts.batch_size, opts.device, names) if test_d else sel
+        row = {"epoch": epoch, "train_loss": sums.get("total", 0.0) / max(n_steps, 1)}
+        row.update({f"train_{k}": v / max(n_steps, 1) for k, v in sums.items() if k != "total"})
+        row.update({"select_accuracy": sel["accuracy"], "select_weighted_f1": sel["weighted_f1"],
+                    "test_accuracy": tst["accuracy"], "test_weighted_f1": tst["weighted_f1"],
+                    "seconds": time.perf_counter() - t0})
+        history.append(row)
+        log(_summary_line(row, opts.select_on))
+        if sel["weighted_f1"] > best["score"]:
+            best = {"score": sel["weighted_f1"], "epoch": epoch, "select": public(sel),
+                    "test": public(tst), "confusion": confusion_matrix_of(tst, len(names))}
+            save_model(os.path.join(out_dir, "best.safetensors"), model,
+                       {"epoch": epoch, "select_on": opts.select_on, "metrics": public(tst),
+                        "selection": SELECTION_TEXT[opts.select_on]})
+        extra = {"rng/torch": torch.get_rng_state(), "rng/shuffle": shuffle_gen.get_state()}
+        if opts.device.startswith("cuda"):
+            extra["rng/cuda"] = torch.cuda.get_rng_state()
+        opt_tensors, opt_meta = flatten_optimizer(opt)
+        extra.update(opt_tensors)
+        save_model(last_path, model, {"epoch": epoch, "history": history, "best": best,
+                                      "optimizer": opt_meta, "options": asdict(opts)}, extra)
+        _write_history(os.path.join(out_dir, "history.csv"), history)
+        if opts.stop_after_epoch is not None and epoch >= opts.stop_after_epoch:
+            return {"interrupted_after_epoch": epoch}
+
+    result = dict(best["test"])
+    result.update({
+        "select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
+        "epoch": best["epoch"], "seed": opts.seed, "epochs": opts.epochs,
+        "select_accuracy": best["select"]["accuracy"],
+        "select_weighted_f1": best["select"]["weighted_f1"],
+        "confusion_matrix": best["confusion"], "class_names": list(names),
+        "split": "test" if test_d else "valid",
+    })
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2))
+    write_plots(out_dir, history, result)
+    return result
+
+
+def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, seeds: int = 1,
+          log=print) -> dict:
+    """Train ``seeds`` runs (seeds opts.seed, opts.seed+1, ...); write the combined metrics.json."""
+    if seeds < 1:
+        raise ValueError(f"--seeds: expected a positive integer, got {seeds}")
+    if seeds == 1:
+        return train_one(cfg, data, opts, out_dir, log)
+    runs = []
+    for k in range(seeds):
+        seed_opts = TrainOptions(**{**asdict(opts), "seed": opts.seed + k})
+        log(f"--- seed {seed_opts.seed} ---")
+        runs.append(train_one(cfg, data, seed_opts, os.path.join(out_dir, f"seed{k}"), log))
+    if any("interrupted_after_epoch" in r for r in runs):
+        return runs[-1]
+    result = {"select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
+              "class_names": list(data.class_names), "seeds": [r["seed"] for r in runs],
+              "per_seed": [{k: r[k] for k in ("seed", "epoch", "accuracy", "weighted_f1")} for r in runs]}
+    for key in ("accuracy", "weighted_f1"):
+        vals = np.array([r[key] for r in runs])
+        result[key] = float(vals.mean())
+        result[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    result["per_class_f1"] = {n: float(np.mean([r["per_class_f1"][n] for r in runs]))
+                              for n in data.class_names}
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2))
+    atomic_write_text(os.path.join(out_dir, "config.json"), cfg.to_json())
+    return result
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled)

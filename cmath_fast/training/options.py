@@ -1,0 +1,36 @@
+"""What a training run is asked to do (the options saved with it) and how its model is selected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+SELECTION_TEXT = {
+    "valid": "model selected on a seeded 10% validation split of the training dialogues",
+    "test": "best-test-epoch protocol of the lineage (model selected on the test split: optimistic)",
+}
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    select_on: str = "valid"
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+    resume: bool = False
+    progress: bool = True
+    max_grad_norm: float = 5.0
+    stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
+
+    def validate(self) -> None:
+        if self.select_on not in SELECTION_TEXT:
+            raise ValueError(f"--select-on: expected 'valid' or 'test', got {self.select_on!r}")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr: expected > 0, got {self.lr}")
