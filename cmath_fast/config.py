@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 MODALITIES = ("t", "a", "v")
+
+# The default of ``rec_skip`` for new configs; configs saved before the field existed had a skip.
+REC_SKIP_DEFAULT = True
 MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
 IEMOCAP_CLASSES = ("hap", "sad", "neu", "ang", "exc", "fru")
@@ -54,6 +57,11 @@ class CMATHConfig:
     # a linear projection with no reconstruction loss (ablation).
     reconstruction: bool = True
     rec_kernel_size: int = 3
+    # The decoder concatenates the encoder's first activation (a U-Net skip) before its output
+    # convolution. That skip carries the whole input, so with it the reconstruction loss can be met
+    # without the code Z; False decodes from Z alone. A config without the field (written before
+    # it existed) means True: see from_dict.
+    rec_skip: bool = REC_SKIP_DEFAULT
 
     # CMA-Transformer: "gate" = per-utterance, per-head sigmoid gates on the auxiliary streams
     # computed from the central modality (asymmetric); "sum" = every stream weighted 1 (symmetric).
@@ -175,6 +183,8 @@ class CMATHConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"CMATHConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        # Fields added after a config was saved take the value that reproduces what it meant then.
+        data = {"rec_skip": True, **data}
         return cls(**data)
 
     @classmethod
@@ -196,7 +206,7 @@ class CMATHConfig:
         """MELD (7 classes), SDT's features: RoBERTa 1024, audio 300, DenseNet 342, 9 speakers."""
         base = dict(name="meld", text_dim=1024, audio_dim=300, visual_dim=342, num_speakers=9,
                     num_classes=7, class_names=MELD_CLASSES, d_model=1024, num_heads=8,
-                    dropout=0.5, tau=8.0, lr=5e-6, batch_size=8, epochs=50)
+                    dropout=0.5, tau=8.0, tau_squared=False, lr=5e-6, batch_size=8, epochs=50)
         base.update(overrides)
         return cls(**base)
 

@@ -70,7 +70,7 @@ class CMATH(nn.Module):
         enc = ModalityReconstruction if cfg.reconstruction else ModalityProjection
         dims = cfg.feature_dims()
         self.encoders = nn.ModuleDict(
-            {m: enc(dims[m], d, cfg.rec_kernel_size, cfg.dropout) for m in MODALITIES})
+            {m: enc(dims[m], d, cfg.rec_kernel_size, cfg.dropout, cfg.rec_skip) for m in MODALITIES})
         # One extra speaker row for padded positions, kept at zero.
         self.speaker_embedding = nn.Embedding(cfg.num_speakers + 1, d, padding_idx=cfg.num_speakers)
         self.embed_dropout = nn.Dropout(cfg.dropout)

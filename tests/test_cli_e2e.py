@@ -22,7 +22,7 @@ def test_train_evaluate_predict(tmp_path):
     cli("data", "synth", "--preset", "small", "--dialogues", "40", "--out", data)
     out = tmp_path / "run"
     res = cli("train", "--data", data, "--epochs", "2", "--out", out, "--no-progress")
-    assert "epoch   1" in res.stdout and "[selected on valid]" in res.stdout
+    assert "epoch   1" in res.stdout and "[protocol cmath-fast, selected on a seeded 10% of train]" in res.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["select_on"] == "valid"
 
@@ -44,8 +44,25 @@ def test_select_on_test_is_labelled(tmp_path):
     cli("data", "synth", "--dialogues", "20", "--out", data)
     res = cli("train", "--data", data, "--epochs", "1", "--select-on", "test", "--out",
               tmp_path / "run", "--no-progress")
-    assert "best-test-epoch protocol" in res.stdout
+    assert "best test epoch: optimistic" in res.stdout
     assert "best-test-epoch" in json.loads((tmp_path / "run" / "metrics.json").read_text())["selection"]
+
+
+def test_protocol_lineage_is_labelled_and_explicit_flags_win(tmp_path):
+    data = tmp_path / "synth.safetensors"
+    cli("data", "synth", "--dialogues", "20", "--out", data)
+    res = cli("train", "--data", data, "--epochs", "1", "--protocol", "lineage", "--out", tmp_path / "a",
+              "--no-progress")
+    assert "[protocol lineage, best test epoch: optimistic]" in res.stdout
+    assert "clip-grad-norm off" in res.stdout
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["protocol"] == "lineage" and metrics["select_on"] == "test"
+    res = cli("train", "--data", data, "--epochs", "1", "--protocol", "lineage", "--select-on", "valid",
+              "--clip-grad-norm", "1.5", "--out", tmp_path / "b", "--no-progress")
+    label = "given explicitly over the protocol: --clip-grad-norm 1.5, --select-on valid"
+    assert "protocol lineage, selected on a seeded 10% of train; " + label in res.stdout
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["select_on"] == "valid" and label in metrics["protocol_label"]
 
 
 def test_inspect_validate_convert_lineage_pickle(tmp_path):

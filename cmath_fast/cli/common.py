@@ -15,7 +15,7 @@ def load_data(args):
     from ..data import load_features, make_synthetic
     if getattr(args, "data", None):
         return load_features(args.data)
-    preset = {"iemocap": "iemocap", "meld": "meld"}.get(getattr(args, "dataset", None) or "", "small")
+    preset = getattr(args, "synthetic", None) or getattr(args, "dataset", None) or "small"
     return make_synthetic(preset, seed=0)
 
 

@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("data", help="synthesise, convert, inspect and validate feature files")
     dsub = s.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("synth", help="write synthetic data in the native format")
-    d.add_argument("--preset", default="small", choices=["small", "iemocap", "meld"])
+    d.add_argument("--preset", default="small", choices=["small", "missing", "iemocap", "meld"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--dialogues", type=int, default=None, help="override the number of dialogues")
     d.add_argument("--out", required=True)

@@ -23,26 +23,35 @@ def parse_sets(items) -> dict:
 
 def cmd_train(args) -> int:
     import os
-    from ..training import TrainOptions, config_for_data, train
+    from ..training import TrainOptions, apply_protocol, config_for_data, protocol_label, train
+    from ..training.configure import read_config_file
     data = load_data(args)
-    cfg, notes = config_for_data(data, dataset=args.dataset, config_file=args.config,
-                                 overrides=parse_sets(args.set))
+    fields = read_config_file(args.config) if args.config else {}
+    fields.update(parse_sets(args.set))
+    cfg, notes = config_for_data(data, dataset=args.dataset, overrides=fields)
     opts = TrainOptions(
         epochs=args.epochs if args.epochs is not None else (cfg.epochs if args.data or args.dataset else 25),
         batch_size=args.batch_size or cfg.batch_size, lr=args.lr or cfg.lr,
-        weight_decay=cfg.weight_decay, select_on=args.select_on, seed=args.seed, device=args.device,
-        backend=args.backend, resume=args.resume, progress=not args.no_progress)
+        weight_decay=cfg.weight_decay, select_on=args.select_on or "valid", seed=args.seed,
+        device=args.device, backend=args.backend, resume=args.resume, progress=not args.no_progress,
+        max_grad_norm=5.0 if args.clip_grad_norm is None else args.clip_grad_norm,
+        valid_fraction=args.valid_fraction)
+    explicit = set(fields)
+    if args.select_on is not None:
+        explicit.add("select_on")
+    if args.clip_grad_norm is not None:
+        explicit.add("max_grad_norm")
+    cfg, opts = apply_protocol(args.protocol, cfg, opts, data, explicit)
+    label = protocol_label(opts)
     print(f"data: {data.layout} ({data.dataset}); " + "; ".join(data.summary()[1:3]))
     for note in data.notes + notes:
         print(f"note: {note}")
     print(f"model: preset {cfg.name}, d_model {cfg.d_model}, centrals {','.join(cfg.centrals)}, "
           f"cross_gate {cfg.cross_gate}, fusion {cfg.fusion}; epochs {opts.epochs}, batch "
-          f"{opts.batch_size}, lr {opts.lr}; {opts.select_on}: "
-          f"{'best-test-epoch protocol' if opts.select_on == 'test' else 'seeded 10% of train'}")
+          f"{opts.batch_size}, lr {opts.lr}, clip-grad-norm {opts.max_grad_norm or 'off'}; {label}")
     t0 = time.perf_counter()
     result = train(cfg, data, opts, args.out, seeds=args.seeds)
     dt = time.perf_counter() - t0
-    label = "best-test-epoch protocol (optimistic)" if args.select_on == "test" else "selected on valid"
     if args.seeds > 1:
         print(f"test accuracy {result['accuracy']:.4f} ± {result['accuracy_std']:.4f}, weighted F1 "
               f"{result['weighted_f1']:.4f} ± {result['weighted_f1_std']:.4f} over {args.seeds} seeds "
@@ -99,6 +108,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--dataset", choices=["iemocap", "meld"], default=None,
                    help="preset to use (with --data: the file's dataset; without: synthetic data shaped like it)")
     s.add_argument("--data", default=None, help="a feature file (lineage pickle or native safetensors)")
+    s.add_argument("--synthetic", choices=["small", "missing", "iemocap", "meld"], default=None,
+                   help="without --data: the synthetic set (default small; missing: modalities absent "
+                        "or swapped for half the speakers)")
     s.add_argument("--config", default=None, help="a JSON file of CMATHConfig fields")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one config field (JSON value), e.g. --set cross_gate=sum")
@@ -106,9 +118,17 @@ def add_parsers(sub) -> None:
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--out", default="runs/latest")
-    s.add_argument("--select-on", choices=["valid", "test"], default="valid",
-                   help="valid: a seeded 10%% of the training dialogues; test: the lineage's "
-                        "best-test-epoch protocol (optimistic)")
+    s.add_argument("--protocol", choices=["cmath-fast", "lineage"], default="cmath-fast",
+                   help="cmath-fast: the settings as given; lineage: SDT's (IEMOCAP class weights, "
+                        "unscaled undetached logit distillation, no clipping, best test epoch); "
+                        "flags given explicitly win")
+    s.add_argument("--select-on", choices=["valid", "test"], default=None,
+                   help="valid (default): a seeded share of the training dialogues; test: the "
+                        "lineage's best-test-epoch protocol (optimistic)")
+    s.add_argument("--valid-fraction", type=float, default=0.1,
+                   help="share of the training dialogues held out for --select-on valid (default 0.1)")
+    s.add_argument("--clip-grad-norm", type=float, default=None,
+                   help="clip the gradient norm at this value; 0 = off (default 5)")
     s.add_argument("--seeds", type=int, default=1, help="train N seeds and report mean ± std")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")

@@ -8,6 +8,14 @@ What makes it a fair stand-in for the asymmetric-fusion question:
   modality's raw dimension, with its own quality (text best, audio middling, visual worst);
 - some utterances have one modality corrupted (the signal replaced by loud noise), so a model that
   weighs modalities per utterance has something real to win.
+
+The ``missing`` preset is the case the asymmetric design is meant for, and that real corpora have
+(a face out of frame, a muted microphone, a misaligned transcript): for some speakers, an
+utterance loses one modality — absent (all zeros) or replaced by the features of another
+utterance from anywhere in the corpus. Its recipe was fixed before any model ran on it:
+half the speakers of the corpus are affected; 50 % of their utterances lose one modality, drawn
+uniformly from text, audio and visual; half of those are zeros and half are swaps (so about 25 %
+of all utterances are damaged); the noise-corruption of the other presets is off.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ class SynthSpec:
     p_corrupt: float = 0.15
     inertia: float = 0.65
     contagion: float = 0.15
+    p_affected_speaker: float = 0.0  # share of the corpus's speakers whose utterances lose a modality
+    p_missing: float = 0.0  # per utterance of an affected speaker: one modality is lost
+    p_swap: float = 0.5  # of the lost ones: replaced by another utterance's features (else zeros)
 
 
 SMALL_CLASSES = ("happy", "sad", "neutral", "angry")
@@ -43,6 +54,10 @@ PRESETS = {
     # The default of `cmath-fast train`: trains in about a minute on 2 CPU cores.
     "small": SynthSpec(n_dialogues=200, n_test=40, min_len=6, max_len=24, dims=(24, 20, 12),
                        num_speakers=2, speakers_per_dialogue=(2, 2), class_names=SMALL_CLASSES),
+    # The small preset's shape with missing or swapped modalities for half the speakers (see above).
+    "missing": SynthSpec(n_dialogues=200, n_test=40, min_len=6, max_len=24, dims=(24, 20, 12),
+                         num_speakers=8, speakers_per_dialogue=(2, 2), class_names=SMALL_CLASSES,
+                         p_corrupt=0.0, p_affected_speaker=0.5, p_missing=0.5, p_swap=0.5),
     # Shaped like IEMOCAP (SDT features): 151 dialogues, 31 in test, long dialogues, 2 speakers.
     "iemocap": SynthSpec(n_dialogues=151, n_test=31, min_len=24, max_len=110, dims=(1024, 1582, 342),
                          num_speakers=2, speakers_per_dialogue=(2, 2), class_names=IEMOCAP_CLASSES),
@@ -67,6 +82,7 @@ def make_synthetic(preset: str = "small", seed: int = 0, n_dialogues: int = None
     means = rng.normal(size=(C, k))
     embeds = [rng.normal(size=(k, D)) / np.sqrt(k) for D in spec.dims]
     speaker_prior = rng.dirichlet(np.full(C, 4.0), size=spec.num_speakers)
+    affected = rng.random(spec.num_speakers) < spec.p_affected_speaker
 
     dialogues = {}
     for n in range(n_total):
@@ -97,6 +113,9 @@ def make_synthetic(preset: str = "small", seed: int = 0, n_dialogues: int = None
         vid = f"dlg{n:04d}"
         dialogues[vid] = Dialogue(vid, feats[0], feats[1], feats[2], speakers, labels)
 
+    if spec.p_missing > 0:
+        _drop_modalities(dialogues, spec, affected, rng)
+
     ids = list(dialogues)
     order = rng.permutation(len(ids))
     test = sorted(ids[i] for i in order[:n_test])
@@ -105,3 +124,21 @@ def make_synthetic(preset: str = "small", seed: int = 0, n_dialogues: int = None
                    class_names=spec.class_names, num_speakers=spec.num_speakers,
                    dataset=f"synthetic-{preset}", layout="synthetic",
                    notes=[f"synthetic data, preset {preset!r}, seed {seed}"])
+
+
+def _drop_modalities(dialogues, spec: SynthSpec, affected: np.ndarray, rng) -> None:
+    """For affected speakers' utterances: with p_missing one modality is lost — zeros, or (p_swap)
+    the features of a random utterance of the corpus (drawn from the clean features)."""
+    pool = [(vid, i) for vid, d in dialogues.items() for i in range(len(d))]
+    clean = {vid: [d.text.copy(), d.audio.copy(), d.visual.copy()] for vid, d in dialogues.items()}
+    for vid, d in dialogues.items():
+        feats = [d.text, d.audio, d.visual]
+        for i in range(len(d)):
+            if not affected[d.speakers[i]] or rng.random() >= spec.p_missing:
+                continue
+            m = int(rng.integers(0, 3))
+            if rng.random() < spec.p_swap:
+                src_vid, j = pool[int(rng.integers(len(pool)))]
+                feats[m][i] = clean[src_vid][m][j]
+            else:
+                feats[m][i] = 0.0

@@ -45,19 +45,22 @@ class ModalityReconstruction(nn.Module):
     reconstruction X_hat_m of the standardised input.
 
     encoder: Conv(D->2d, k) GELU Dropout; Conv(2d->d, k) GELU = Z
-    decoder: Conv(d->2d, k) GELU; concat the encoder skip; Conv(4d->D, 1) = X_hat
+    decoder: Conv(d->2d, k) GELU; with ``skip``, concat the encoder's first activation;
+             Conv(4d->D, 1) (without skip: Conv(2d->D, 1), decoding from Z alone) = X_hat
     Padded positions are zeroed after every convolution so that nothing crosses the padding.
     """
 
-    def __init__(self, in_dim: int, d_model: int, kernel_size: int = 3, dropout: float = 0.0):
+    def __init__(self, in_dim: int, d_model: int, kernel_size: int = 3, dropout: float = 0.0,
+                 skip: bool = True):
         super().__init__()
+        self.skip = skip
         pad = kernel_size // 2
         self.register_buffer("feat_mean", torch.zeros(in_dim))
         self.register_buffer("feat_std", torch.ones(in_dim))
         self.enc1 = nn.Conv1d(in_dim, 2 * d_model, kernel_size, padding=pad)
         self.enc2 = nn.Conv1d(2 * d_model, d_model, kernel_size, padding=pad)
         self.dec1 = nn.Conv1d(d_model, 2 * d_model, kernel_size, padding=pad)
-        self.dec2 = nn.Conv1d(4 * d_model, in_dim, 1)
+        self.dec2 = nn.Conv1d((4 if skip else 2) * d_model, in_dim, 1)
         self.dropout = nn.Dropout(dropout)
 
     def standardise(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,14 +75,15 @@ class ModalityReconstruction(nn.Module):
         skip = F.gelu(self.enc1(h)) * m
         z = F.gelu(self.enc2(self.dropout(skip))) * m
         u = F.gelu(self.dec1(z)) * m
-        x_hat = self.dec2(torch.cat([u, skip], dim=1)) * m
+        x_hat = self.dec2(torch.cat([u, skip], dim=1) if self.skip else u) * m
         return z.transpose(1, 2), x_hat.transpose(1, 2), x_std
 
 
 class ModalityProjection(ModalityReconstruction):
     """Ablation of the reconstruction: standardise, then one linear map to d (no decoder)."""
 
-    def __init__(self, in_dim: int, d_model: int, kernel_size: int = 3, dropout: float = 0.0):
+    def __init__(self, in_dim: int, d_model: int, kernel_size: int = 3, dropout: float = 0.0,
+                 skip: bool = True):
         nn.Module.__init__(self)
         self.register_buffer("feat_mean", torch.zeros(in_dim))
         self.register_buffer("feat_std", torch.ones(in_dim))

@@ -16,11 +16,23 @@ def preset_for(data: MERData, dataset: Optional[str] = None) -> str:
     name = data.dataset
     if name in ("iemocap", "meld"):
         return name
-    if name == "synthetic-small":
+    if name in ("synthetic-small", "synthetic-missing"):
         return "tiny"
     if name.startswith("synthetic-"):
         return name.split("-", 1)[1]
     return "tiny"
+
+
+def read_config_file(path: str) -> dict:
+    """The config fields of a JSON file (an object of CMATHConfig fields)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            fields = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--config {path}: unreadable JSON ({exc})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of config fields")
+    return fields
 
 
 def config_for_data(data: MERData, *, dataset: Optional[str] = None, config_file: Optional[str] = None,
@@ -28,15 +40,7 @@ def config_for_data(data: MERData, *, dataset: Optional[str] = None, config_file
     """The model config for ``data``: a preset, the data's dims, speakers and classes, then the
     JSON file's fields and ``overrides``. Returns (config, notes on what differs)."""
     notes = []
-    fields = {}
-    if config_file:
-        try:
-            with open(config_file, encoding="utf-8") as fh:
-                fields = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"--config {config_file}: unreadable JSON ({exc})") from None
-        if not isinstance(fields, dict):
-            raise ValueError(f"--config {config_file}: expected a JSON object of config fields")
+    fields = read_config_file(config_file) if config_file else {}
     fields.update(overrides or {})
     preset = preset_for(data, dataset)
     cfg = CMATHConfig.preset(preset)

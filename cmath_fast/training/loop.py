@@ -28,6 +28,7 @@ from .checkpoints import flatten_optimizer, unflatten_optimizer, save_model
 from .evaluation import confusion_matrix_of, evaluate_model, public
 from .options import SELECTION_TEXT, TrainOptions
 from .plots import write_plots
+from .protocol import protocol_label
 from .splits import selection_split
 
 def _write_history(path: str, history: List[dict]) -> None:
@@ -40,12 +41,12 @@ def _write_history(path: str, history: List[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _summary_line(row: dict, select_on: str) -> str:
-    sel = "test*" if select_on == "test" else "valid"
+def _summary_line(row: dict, opts: TrainOptions) -> str:
+    sel = "test*" if opts.select_on == "test" else "valid"
     return (f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  "
             f"{sel} acc {row['select_accuracy']:.4f} wF1 {row['select_weighted_f1']:.4f}  "
             f"test acc {row['test_accuracy']:.4f} wF1 {row['test_weighted_f1']:.4f}  "
-            f"{row['seconds']:.1f}s")
+            f"{row['seconds']:.1f}s  [{protocol_label(opts)}]")
 
 
 def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
@@ -53,7 +54,7 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
     """Train one seed into ``out_dir``; returns the metrics of the selected epoch."""
     opts.validate()
     os.makedirs(out_dir, exist_ok=True)
-    train_ids, select_ids, test_ids = selection_split(data, opts.select_on, opts.seed)
+    train_ids, select_ids, test_ids = selection_split(data, opts.select_on, opts.seed, opts.valid_fraction)
     train_d = [data.dialogues[i] for i in train_ids]
     select_d = [data.dialogues[i] for i in select_ids]
     test_d = [data.dialogues[i] for i in test_ids]
@@ -104,7 +105,7 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
                     "test_accuracy": tst["accuracy"], "test_weighted_f1": tst["weighted_f1"],
                     "seconds": time.perf_counter() - t0})
         history.append(row)
-        log(_summary_line(row, opts.select_on))
+        log(_summary_line(row, opts))
         if sel["weighted_f1"] > best["score"]:
             best = {"score": sel["weighted_f1"], "epoch": epoch, "select": public(sel),
                     "test": public(tst), "confusion": confusion_matrix_of(tst, len(names))}
@@ -125,6 +126,7 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
     result = dict(best["test"])
     result.update({
         "select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
+        "protocol": opts.protocol, "protocol_label": protocol_label(opts),
         "epoch": best["epoch"], "seed": opts.seed, "epochs": opts.epochs,
         "select_accuracy": best["select"]["accuracy"],
         "select_weighted_f1": best["select"]["weighted_f1"],
@@ -151,6 +153,7 @@ def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, see
     if any("interrupted_after_epoch" in r for r in runs):
         return runs[-1]
     result = {"select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
+              "protocol": opts.protocol, "protocol_label": protocol_label(opts),
               "class_names": list(data.class_names), "seeds": [r["seed"] for r in runs],
               "per_seed": [{k: r[k] for k in ("seed", "epoch", "accuracy", "weighted_f1")} for r in runs]}
     for key in ("accuracy", "weighted_f1"):

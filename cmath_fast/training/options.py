@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 SELECTION_TEXT = {
-    "valid": "model selected on a seeded 10% validation split of the training dialogues",
+    "valid": "model selected on a seeded validation split of the training dialogues",
     "test": "best-test-epoch protocol of the lineage (model selected on the test split: optimistic)",
 }
 
@@ -23,7 +24,10 @@ class TrainOptions:
     backend: str = "auto"
     resume: bool = False
     progress: bool = True
-    max_grad_norm: float = 5.0
+    max_grad_norm: float = 5.0  # 0 = no clipping
+    valid_fraction: float = 0.1  # share of the training dialogues held out for selection
+    protocol: str = "cmath-fast"
+    protocol_overrides: Tuple[str, ...] = ()  # settings given explicitly over the protocol's
     stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
 
     def validate(self) -> None:
@@ -34,3 +38,7 @@ class TrainOptions:
                 raise ValueError(f"--{key.replace('_', '-')}: expected a positive integer, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ValueError(f"--lr: expected > 0, got {self.lr}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ValueError(f"--clip-grad-norm: expected >= 0 (0 = off), got {self.max_grad_norm}")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"--valid-fraction: expected a fraction in (0, 1), got {self.valid_fraction}")

@@ -6,8 +6,10 @@ import numpy as np
 
 from ..data.dataset import DataError, MERData
 
-def selection_split(data: MERData, select_on: str, seed: int):
-    """(train ids, selection ids, test ids). valid = a seeded 10% of the training dialogues."""
+
+def selection_split(data: MERData, select_on: str, seed: int, valid_fraction: float = 0.1):
+    """(train ids, selection ids, test ids). valid = a seeded ``valid_fraction`` of the training
+    dialogues (or the data's own valid split when it has one); test = the test split."""
     train = list(data.splits["train"])
     test = list(data.splits.get("test", []))
     if select_on == "test":
@@ -17,7 +19,7 @@ def selection_split(data: MERData, select_on: str, seed: int):
     if "valid" in data.splits and data.splits["valid"]:
         return train, list(data.splits["valid"]), test
     rng = np.random.default_rng(seed)
-    n_valid = max(1, round(0.1 * len(train)))
+    n_valid = max(1, round(valid_fraction * len(train)))
     if len(train) < 2:
         raise DataError("the training split needs at least 2 dialogues to hold one out for validation")
     picked = set(rng.choice(len(train), size=n_valid, replace=False).tolist())
