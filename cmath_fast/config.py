@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -15,6 +16,13 @@ MODALITIES = ("t", "a", "v")
 
 # The default of ``rec_skip`` for new configs; configs saved before the field existed had a skip.
 REC_SKIP_DEFAULT = True
+
+# Version of the config's JSON schema, written into every config, checkpoint and run folder. 1: the
+# first version (no version field); 2: adds ffn_activation, joint_softmax, rec_skip and this field.
+CONFIG_SCHEMA_VERSION = 2
+
+_FLOAT_FIELDS = ("dropout", "attn_dropout", "logvar_clamp", "gamma_fine", "gamma_kd", "gamma_feat",
+                 "lambda_rec", "beta", "tau", "lr", "weight_decay")
 MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
 IEMOCAP_CLASSES = ("hap", "sad", "neu", "ang", "exc", "fru")
@@ -107,6 +115,16 @@ class CMATHConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
+        for key in _FLOAT_FIELDS:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"CMATHConfig.{key}: expected a finite number, got {value!r}")
+        if self.class_weights is not None and not all(math.isfinite(w) and w >= 0 for w in self.class_weights):
+            raise ValueError(f"CMATHConfig.class_weights: expected finite weights >= 0, got {self.class_weights!r}")
+        for key in ("reconstruction", "aux_self_attention", "joint_softmax", "rec_skip", "detach_teacher",
+                    "tau_squared"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"CMATHConfig.{key}: expected true or false, got {getattr(self, key)!r}")
         for key, allowed in _CHOICES.items():
             value = getattr(self, key)
             if value not in allowed:
@@ -170,6 +188,7 @@ class CMATHConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        out["schema_version"] = CONFIG_SCHEMA_VERSION
         return out
 
     def to_json(self, indent: int = 2) -> str:
@@ -179,6 +198,11 @@ class CMATHConfig:
     def from_dict(cls, data: dict) -> "CMATHConfig":
         if not isinstance(data, dict):
             raise TypeError(f"CMATHConfig.from_dict: expected a dict, got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop("schema_version", 1)
+        if not isinstance(version, int) or version > CONFIG_SCHEMA_VERSION:
+            raise ValueError(f"CMATHConfig: schema version {version!r} is newer than this cmath-fast reads "
+                             f"({CONFIG_SCHEMA_VERSION}); upgrade cmath-fast to read it")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

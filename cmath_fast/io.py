@@ -50,6 +50,8 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], dict]:
     from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
@@ -60,4 +62,10 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], dict]:
         raise ValueError(f"{path}: unreadable checkpoint ({exc})") from None
     if meta is None:
         raise ValueError(f"{path}: not a cmath-fast checkpoint (no {CHECKPOINT_KEY} metadata)")
-    return tensors, json.loads(meta)
+    try:
+        meta = json.loads(meta)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: corrupt checkpoint metadata (not a JSON object)")
+    return tensors, meta

@@ -27,6 +27,13 @@ from .reference.layers import (CMALayer, CMATransformer, FineHead, ModalityProje
                                ModalityReconstruction, VariationalFusion, masked_mean, padding_mask)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
 @dataclass
 class CMATHOutput:
     """What one forward pass returns.
@@ -104,6 +111,18 @@ class CMATH(nn.Module):
             elif x.shape[:2] != (B, L):
                 raise ValueError(
                     f"{name}: expected batch and length (B, L) = {(B, L)} as text, got {tuple(x.shape[:2])}")
+        if L == 0:
+            raise ValueError("text: the batch has no utterance position (L = 0); give each dialogue at "
+                             "least one utterance")
+        weight_dtype = self.coarse_head.weight.dtype
+        for m, x in feats.items():
+            if x.dtype != text.dtype:
+                raise TypeError(f"{MODALITY_NAMES[m]}: dtype {x.dtype}, but text is {text.dtype}; give the "
+                                f"three modalities one dtype")
+        if text.dtype != weight_dtype and not _autocast_enabled(text.device.type):
+            raise TypeError(f"text, audio, visual: dtype {text.dtype}, but the model's weights are "
+                            f"{weight_dtype}; convert the features (e.g. .to({weight_dtype})) or the model, "
+                            f"or run under torch.autocast")
         check_lengths("lengths", lengths, B, L)
         check_tensor("speakers", speakers, ndim=2, integer=True)
         if tuple(speakers.shape) != (B, L):

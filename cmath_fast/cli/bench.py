@@ -25,7 +25,7 @@ def cmd_bench(args) -> int:
     if args.count_ops:
         use_interpreter_without_cuda()
         from ..bench.count_ops import count_training_step
-        cfg = CMATHConfig.preset(args.config)
+        cfg = CMATHConfig.preset(args.preset)
         totals, parts = {}, {}
         for name, backend in (("reference", "torch"), ("fused", "triton")):
             totals[name], parts[name], _ = count_training_step(cfg, backend)
@@ -50,7 +50,7 @@ def cmd_profile(args) -> int:
     from ..step import train_step
     if args.backend == "triton":
         use_interpreter_without_cuda()
-    cfg = CMATHConfig.preset(args.config)
+    cfg = CMATHConfig.preset(args.preset)
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = CMATH(cfg, backend=args.backend).to(args.device)
@@ -90,13 +90,13 @@ def add_parsers(sub) -> None:
     s.add_argument("action", nargs="*", help="'report CSV...' to turn result CSVs into plots and a table")
     s.add_argument("--count-ops", action="store_true",
                    help="count device operations of one training step, reference vs fused")
-    s.add_argument("--config", default="tiny", choices=["tiny", "iemocap", "meld"])
+    s.add_argument("--preset", default="tiny", choices=["tiny", "iemocap", "meld"])
     s.add_argument("--out", default="bench/results/report", help="report: output folder")
     s.add_argument("--quick", action="store_true", help="pytest bench/ -m quick")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("profile", help="training steps with NVTX ranges (Nsight) or torch.profiler on CPU")
-    s.add_argument("--config", default="tiny", choices=["tiny", "iemocap", "meld"])
+    s.add_argument("--preset", default="tiny", choices=["tiny", "iemocap", "meld"])
     s.add_argument("--backend", default="auto")
     s.add_argument("--steps", type=int, default=5)
     s.add_argument("--warmup", type=int, default=2)

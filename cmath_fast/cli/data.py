@@ -18,8 +18,11 @@ def cmd_data(args) -> int:
         print("\n".join(load_features(args.file).summary()))
     elif args.data_command == "validate":
         data = load_features(args.file)
+        data.check_trainable()  # validate fails on whatever train would fail on
         n = sum(len(d) for d in data.dialogues.values())
         print(f"ok: {args.file} ({data.layout}): {len(data.dialogues)} dialogues, {n} utterances")
+        for note in data.notes:
+            print(f"note: {note}")
     return 0
 
 

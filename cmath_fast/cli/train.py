@@ -31,11 +31,12 @@ def cmd_train(args) -> int:
     cfg, notes = config_for_data(data, dataset=args.dataset, overrides=fields)
     opts = TrainOptions(
         epochs=args.epochs if args.epochs is not None else (cfg.epochs if args.data or args.dataset else 25),
-        batch_size=args.batch_size or cfg.batch_size, lr=args.lr or cfg.lr,
+        batch_size=cfg.batch_size if args.batch_size is None else args.batch_size,
+        lr=cfg.lr if args.lr is None else args.lr,
         weight_decay=cfg.weight_decay, select_on=args.select_on or "valid", seed=args.seed,
         device=args.device, backend=args.backend, resume=args.resume, progress=not args.no_progress,
         max_grad_norm=5.0 if args.clip_grad_norm is None else args.clip_grad_norm,
-        valid_fraction=args.valid_fraction)
+        valid_fraction=args.valid_fraction, on_nonfinite=args.on_nonfinite, override=args.override)
     explicit = set(fields)
     if args.select_on is not None:
         explicit.add("select_on")
@@ -62,32 +63,64 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _check_device(device: str) -> None:
+    import torch
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); "
+                       f"use --device cpu")
+
+
+def _positive(name: str, value):
+    if value is not None and not value > 0:
+        raise CLIError(f"{name}: expected a positive number, got {value}")
+    return value
+
+
 def cmd_evaluate(args) -> int:
     import json
     from sklearn.metrics import classification_report
     from ..data import load_features
+    from ..io import atomic_write_text
     from ..training import check_data_matches, evaluate_model, load_model, public
+    _check_device(args.device)
+    _positive("--batch-size", args.batch_size)
     model, meta = load_model(args.checkpoint, device=args.device, backend=args.backend)
     data = load_features(args.data)
     check_data_matches(model.cfg, data)
     dialogues = data.split(args.split)
     names = model.cfg.labels()
     m = evaluate_model(model, dialogues, args.batch_size, args.device, names)
+    if args.out:  # written before anything is printed: a closed pipe cannot lose it
+        atomic_write_text(args.out, json.dumps(dict(public(m), split=args.split), indent=2))
     print(f"{args.split}: {len(dialogues)} dialogues, {m['n_utterances']} utterances")
     print(f"accuracy {m['accuracy']:.4f}, weighted F1 {m['weighted_f1']:.4f}")
     print(classification_report(m["_y_true"], m["_y_pred"], labels=list(range(len(names))),
                                 target_names=list(names), digits=4, zero_division=0))
-    if args.out:
-        from ..io import atomic_write_text
-        atomic_write_text(args.out, json.dumps(dict(public(m), split=args.split), indent=2))
     return 0
 
 
-def cmd_predict(args) -> int:
+def prediction_rows(dialogue, probs, names):
+    """JSON lines of one dialogue's predictions; a non-finite probability is written as null and the
+    row flagged (the output stays valid JSON)."""
     import json
+    import math
+    for i, p in enumerate(probs):
+        finite = all(math.isfinite(float(x)) for x in p)
+        row = {"dialogue": dialogue.id, "index": i,
+               "label": names[int(p.argmax())] if finite else None,
+               "probabilities": {n: (round(float(x), 6) if math.isfinite(float(x)) else None)
+                                 for n, x in zip(names, p)}}
+        if not finite:
+            row["nonfinite"] = True
+        yield json.dumps(row, allow_nan=False)
+
+
+def cmd_predict(args) -> int:
     from ..data import load_features
     from ..io import atomic_write_text
     from ..training import check_data_matches, load_model, predict_dialogues
+    _check_device(args.device)
+    _positive("--batch-size", args.batch_size)
     model, _ = load_model(args.checkpoint, device=args.device, backend=args.backend)
     data = load_features(args.data)
     check_data_matches(model.cfg, data)
@@ -95,9 +128,7 @@ def cmd_predict(args) -> int:
     names = model.cfg.labels()
     lines = []
     for d, probs in predict_dialogues(model, dialogues, args.batch_size, args.device):
-        for i, p in enumerate(probs):
-            lines.append(json.dumps({"dialogue": d.id, "index": i, "label": names[int(p.argmax())],
-                                     "probabilities": {n: round(float(x), 6) for n, x in zip(names, p)}}))
+        lines.extend(prediction_rows(d, probs, names))
     atomic_write_text(args.out, "\n".join(lines) + ("\n" if lines else ""))
     print(f"{len(lines)} predictions for {len(dialogues)} dialogues written to {args.out}")
     return 0
@@ -133,7 +164,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
     s.add_argument("--backend", default="auto")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (its settings must be the same)")
+    s.add_argument("--override", action="store_true",
+                   help="with --resume: continue although settings differ (recorded in the run folder)")
+    s.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
+                   help="a NaN/inf loss: stop the run (earlier checkpoints kept), or skip that step")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
@@ -142,7 +178,9 @@ def add_parsers(sub) -> None:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--checkpoint", required=True, help="a run folder or a .safetensors checkpoint")
         s.add_argument("--data", required=True)
-        s.add_argument("--split", default="test", help="test | train | valid" + (" | all" if name == "predict" else ""))
+        s.add_argument("--split", default="test",
+                       help="a split the file names (the lineage files and synthetic sets have train and "
+                            "test)" + ("; all: every dialogue" if name == "predict" else ""))
         s.add_argument("--batch-size", type=int, default=16)
         s.add_argument("--device", default="cpu")
         s.add_argument("--backend", default="auto")

@@ -69,10 +69,13 @@ class MERData:
             n = len(d)
             for m in MODALITIES:
                 x = d.feature(m)
-                if x.ndim != 2 or x.shape[0] != n:
+                if x.ndim != 2:
+                    raise DataError(f"dialogue {d.id!r}: {MODALITY_NAMES[m]} features must be 2-D "
+                                    f"(utterances x features), got shape {tuple(x.shape)}")
+                if x.shape[0] != n:
                     raise DataError(
-                        f"dialogue {d.id!r}: {MODALITY_NAMES[m]} has {x.shape[0] if x.ndim else 0} "
-                        f"utterances but there are {n} labels")
+                        f"dialogue {d.id!r}: {MODALITY_NAMES[m]} has {x.shape[0]} utterances but there "
+                        f"are {n} labels")
                 if x.shape[1] != dims[m]:
                     raise DataError(
                         f"dialogue {d.id!r}: {MODALITY_NAMES[m]} dim {x.shape[1]}, other dialogues "
@@ -94,6 +97,14 @@ class MERData:
             missing = [i for i in ids if i not in self.dialogues]
             if missing:
                 raise DataError(f"split {name!r} names {len(missing)} unknown dialogue(s), e.g. {missing[0]!r}")
+            if len(set(ids)) != len(ids):
+                raise DataError(f"split {name!r} names a dialogue more than once")
+
+    def check_trainable(self) -> None:
+        """What training needs beyond a valid file: a non-empty train split."""
+        if not self.splits.get("train"):
+            raise DataError("the data has no train split (or an empty one): it can be evaluated or "
+                            f"predicted, not trained on; its splits are {sorted(self.splits)}")
 
     def feature_stats(self, split: str = "train") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Per-feature mean and std over the utterances of ``split`` (for the standardisation)."""

@@ -65,6 +65,9 @@ def is_safetensors(head: bytes) -> bool:
 def load_features(path: str) -> MERData:
     """Load any supported feature file (a lineage pickle or our safetensors format), validated."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DataError(f"{path}: a folder; --data takes a feature file (a lineage .pkl or a "
+                        f"native .safetensors)")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     with open(path, "rb") as fh:
@@ -88,6 +91,17 @@ def _unpickle(raw: bytes, path: str) -> Any:
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError,
             struct.error, MemoryError) as exc:
         raise DataError(f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})") from None
+
+
+def _labels(raw, vid, path) -> np.ndarray:
+    out = []
+    for x in raw:
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer, float, np.floating)) \
+                or float(x) != int(x):
+            raise DataError(f"{path}: dialogue {vid!r}: label {x!r} is not a class index (the lineage "
+                            f"files store integers 0..C-1)")
+        out.append(int(x))
+    return np.asarray(out, dtype=np.int64)
 
 
 def parse_pickle(obj: Any, path: str = "<pickle>") -> MERData:
@@ -123,7 +137,7 @@ def parse_pickle(obj: Any, path: str = "<pickle>") -> MERData:
     ids = sorted((_plain(k) for k in labels_raw), key=_sort_key)
     for vid in ids:
         key = _find_key(labels_raw, vid)
-        labels = np.asarray([int(x) for x in labels_raw[key]], dtype=np.int64)
+        labels = _labels(labels_raw[key], vid, path)
         feats = {}
         for m in MODALITIES:
             table = obj[idx[m]]
@@ -145,7 +159,14 @@ def parse_pickle(obj: Any, path: str = "<pickle>") -> MERData:
             notes.append(f"dialogue {vid!r} is empty and was skipped")
             continue
         dialogues[vid] = Dialogue(vid, feats["t"], feats["a"], feats["v"], speakers, labels)
+    empty = {vid for vid in ids if vid not in dialogues}
     for name in splits:
+        unknown = [i for i in splits[name] if i not in dialogues and i not in empty]
+        if unknown:
+            # Kept as a note, not an error: a split list naming a dialogue without features cannot
+            # be trained on, and the lineage files are used as they are distributed.
+            notes.append(f"split {name!r} names {len(unknown)} dialogue id(s) with no features in the "
+                         f"file (e.g. {unknown[0]!r}); they were left out")
         splits[name] = [i for i in splits[name] if i in dialogues]
     data = MERData(dialogues=dialogues, splits=splits, class_names=CLASSES[dataset],
                    num_speakers=num_speakers, dataset=dataset,

@@ -71,21 +71,78 @@ def load_native(path: str) -> MERData:
         meta = json.loads(meta_raw)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: corrupt feature metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: feature metadata must be a JSON object, got a {type(meta).__name__}")
     if meta.get("version") != FORMAT_VERSION:
         raise DataError(f"{path}: feature format version {meta.get('version')!r}, this cmath-fast "
                         f"reads version {FORMAT_VERSION}")
+    _check_meta(path, meta)
     missing = {"offsets", "text", "audio", "visual", "speakers", "labels"} - set(arrays)
     if missing:
         raise DataError(f"{path}: missing arrays {sorted(missing)}")
+    n_utt = arrays["labels"].shape[0] if arrays["labels"].ndim == 1 else -1
+    for key in ("text", "audio", "visual"):
+        if arrays[key].ndim != 2:
+            raise DataError(f"{path}: array {key!r} must be 2-D (utterances x features), got shape "
+                            f"{tuple(arrays[key].shape)}")
+        if not np.issubdtype(arrays[key].dtype, np.floating):
+            raise DataError(f"{path}: array {key!r} must hold floats, got {arrays[key].dtype}")
+    for key in ("offsets", "speakers", "labels"):
+        if arrays[key].ndim != 1 or not np.issubdtype(arrays[key].dtype, np.integer):
+            raise DataError(f"{path}: array {key!r} must be 1-D integers, got {arrays[key].dtype} "
+                            f"of shape {tuple(arrays[key].shape)}")
+    for key in ("text", "audio", "visual", "speakers"):
+        if arrays[key].shape[0] != n_utt:
+            raise DataError(f"{path}: array {key!r} has {arrays[key].shape[0]} rows but there are "
+                            f"{n_utt} labels")
     offsets, ids = arrays["offsets"], meta["ids"]
-    if len(offsets) != len(ids) + 1 or offsets[-1] != len(arrays["labels"]):
-        raise DataError(f"{path}: offsets do not match {len(ids)} dialogues")
+    if len(offsets) != len(ids) + 1:
+        raise DataError(f"{path}: {len(offsets)} offsets for {len(ids)} dialogues (expected {len(ids) + 1})")
+    if offsets[0] != 0 or offsets[-1] != n_utt:
+        raise DataError(f"{path}: offsets must start at 0 and end at the {n_utt} utterances, got "
+                        f"{int(offsets[0])} .. {int(offsets[-1])}")
+    steps = np.diff(offsets)
+    if (steps < 0).any():
+        k = int(np.argmax(steps < 0))
+        raise DataError(f"{path}: offsets out of order at dialogue {ids[k]!r} ({int(offsets[k])} then "
+                        f"{int(offsets[k + 1])}): dialogues would overlap")
     dialogues = {}
     for n, vid in enumerate(ids):
         sl = slice(int(offsets[n]), int(offsets[n + 1]))
         dialogues[vid] = Dialogue(vid, arrays["text"][sl], arrays["audio"][sl], arrays["visual"][sl],
                                   arrays["speakers"][sl], arrays["labels"][sl])
+    for name, split_ids in meta["splits"].items():
+        unknown = [i for i in split_ids if i not in dialogues]
+        if unknown:
+            raise DataError(f"{path}: split {name!r} names {len(unknown)} dialogue id(s) the file does "
+                            f"not hold, e.g. {unknown[0]!r}")
     return MERData(dialogues=dialogues, splits={k: list(v) for k, v in meta["splits"].items()},
                    class_names=tuple(meta["class_names"]), num_speakers=int(meta["num_speakers"]),
-                   dataset=meta.get("dataset", "custom"), layout="native",
-                   notes=list(meta.get("notes", [])))
+                   dataset=str(meta.get("dataset", "custom")), layout="native",
+                   notes=[str(n) for n in meta.get("notes", [])])
+
+
+def _check_meta(path: str, meta: dict) -> None:
+    """The metadata's fields: present and of the right kinds, named when they are not."""
+    def bad(what):
+        raise DataError(f"{path}: feature metadata: {what}")
+
+    for key in ("ids", "splits", "class_names", "num_speakers"):
+        if key not in meta:
+            bad(f"missing {key!r}")
+    ids = meta["ids"]
+    if not isinstance(ids, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids):
+        bad("'ids' must be a list of strings or integers")
+    if len(set(ids)) != len(ids):
+        bad("'ids' has duplicates")
+    splits = meta["splits"]
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        bad("'splits' must be an object of lists of ids")
+    names = meta["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        bad("'class_names' must be a non-empty list of strings")
+    n_spk = meta["num_speakers"]
+    if isinstance(n_spk, bool) or not isinstance(n_spk, int) or n_spk < 1:
+        bad(f"'num_speakers' must be a positive integer, got {n_spk!r}")
+    if not isinstance(meta.get("notes", []), list):
+        bad("'notes' must be a list")

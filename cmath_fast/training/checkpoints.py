@@ -8,9 +8,15 @@ from typing import Dict, Optional
 
 import torch
 
-from ..config import CMATHConfig
+from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
 from ..io import load_checkpoint, save_checkpoint
 from ..model import CMATH
+
+# "cmath-fast-checkpoint-1": the first format; -2 adds "schema_version" (the config schema) and
+# guarantees finite weights. Both load.
+CHECKPOINT_FORMAT = "cmath-fast-checkpoint-2"
+READABLE_FORMATS = ("cmath-fast-checkpoint-1", CHECKPOINT_FORMAT)
+
 
 def flatten_optimizer(opt: torch.optim.Optimizer):
     sd = opt.state_dict()
@@ -39,8 +45,32 @@ def unflatten_optimizer(tensors: Dict[str, torch.Tensor], meta: dict) -> dict:
 def save_model(path: str, model: CMATH, meta: dict, extra: Optional[Dict[str, torch.Tensor]] = None):
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update(extra or {})
-    meta = dict(meta, config=model.cfg.to_dict(), format="cmath-fast-checkpoint-1")
+    meta = dict(meta, config=model.cfg.to_dict(), format=CHECKPOINT_FORMAT,
+                schema_version=CONFIG_SCHEMA_VERSION)
     save_checkpoint(path, tensors, meta)
+
+
+def check_finite(path: str, tensors: Dict[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint with a NaN or inf in any floating tensor, naming the first one."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path}: tensor {name!r} holds NaN or inf: the checkpoint is corrupt "
+                             f"(or was saved from a diverged run)")
+
+
+def read_checkpoint(path: str):
+    """(tensors, metadata, config) of a checkpoint file, checked: a known format, a config this
+    version reads, finite weights."""
+    tensors, meta = load_checkpoint(path)
+    fmt = meta.get("format")
+    if fmt not in READABLE_FORMATS:
+        raise ValueError(f"{path}: checkpoint format {fmt!r}; this cmath-fast reads {', '.join(READABLE_FORMATS)} "
+                         f"(a newer format needs a newer cmath-fast)")
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path}: the checkpoint has no config")
+    cfg = CMATHConfig.from_dict(meta["config"])
+    check_finite(path, tensors)
+    return tensors, meta, cfg
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -54,11 +84,28 @@ def resolve_checkpoint(path: str) -> str:
 
 def load_model(path: str, device: str = "cpu", backend: str = "auto"):
     """-> (model on ``device`` in eval mode, checkpoint metadata)."""
-    tensors, meta = load_checkpoint(resolve_checkpoint(path))
-    if "config" not in meta:
-        raise ValueError(f"{path}: the checkpoint has no config")
-    cfg = CMATHConfig.from_dict(meta["config"])
+    path = resolve_checkpoint(path)
+    tensors, meta, cfg = read_checkpoint(path)
     model = CMATH(cfg, backend=backend)
-    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    model.load_state_dict(state)
+    load_weights(model, tensors, path)
     return model.to(device).eval(), meta
+
+
+def load_weights(model: CMATH, tensors: Dict[str, torch.Tensor], path: str) -> None:
+    """The ``model/`` tensors of a checkpoint into ``model``; a mismatch is one line naming it."""
+    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} tensor(s) of another shape, e.g. {wrong[0]!r} "
+                         f"{tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
+        if missing:
+            parts.append(f"{len(missing)} missing, e.g. {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]!r}")
+        raise ValueError(f"{path}: the weights do not fit the model's config: " + "; ".join(parts))
+    model.load_state_dict(state)

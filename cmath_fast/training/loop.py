@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict
 from typing import Dict, List
@@ -19,17 +20,19 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from ..config import CMATHConfig
+from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
 from ..data.dataset import MERData, feature_stats, iterate_batches, num_batches
-from ..io import atomic_write_text, load_checkpoint
+from ..io import atomic_write_text
 from ..model import CMATH
 from ..step import train_step
-from .checkpoints import flatten_optimizer, unflatten_optimizer, save_model
+from .checkpoints import flatten_optimizer, load_weights, read_checkpoint, save_model, unflatten_optimizer
 from .evaluation import confusion_matrix_of, evaluate_model, public
 from .options import SELECTION_TEXT, TrainOptions
 from .plots import write_plots
 from .protocol import protocol_label
+from .rundir import RunLock, ResumeMismatchError, clean_stale_temps, record_override, resume_differences
 from .splits import selection_split
+
 
 def _write_history(path: str, history: List[dict]) -> None:
     if not history:
@@ -49,16 +52,61 @@ def _summary_line(row: dict, opts: TrainOptions) -> str:
             f"{row['seconds']:.1f}s  [{protocol_label(opts)}]")
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stopped with its earlier checkpoints intact."""
+
+
+def _oom_error(exc: BaseException, batch, device: str) -> MemoryError:
+    longest = max(range(len(batch.ids)), key=lambda i: int(batch.lengths[i]))
+    return MemoryError(
+        f"out of memory on {device} for a batch of {len(batch.ids)} dialogues whose longest, "
+        f"{batch.ids[longest]!r}, has {int(batch.lengths[longest])} utterances; lower --batch-size, "
+        f"use a smaller model, or split dialogues that long ({str(exc).splitlines()[0][:120]})")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
+    return isinstance(exc, oom_types) or (isinstance(exc, RuntimeError) and (
+        "out of memory" in str(exc) or "can't allocate memory" in str(exc)))
+
+
 def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
               log=print) -> dict:
-    """Train one seed into ``out_dir``; returns the metrics of the selected epoch."""
+    """Train one seed into ``out_dir`` (holding the folder's run lock); returns the metrics of the
+    selected epoch."""
     opts.validate()
-    os.makedirs(out_dir, exist_ok=True)
+    with RunLock(out_dir):
+        return _train_one(cfg, data, opts, out_dir, log)
+
+
+def _train_one(cfg, data, opts, out_dir, log):
+    data.check_trainable()
+    stale = clean_stale_temps(out_dir)
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out_dir}")
     train_ids, select_ids, test_ids = selection_split(data, opts.select_on, opts.seed, opts.valid_fraction)
     train_d = [data.dialogues[i] for i in train_ids]
     select_d = [data.dialogues[i] for i in select_ids]
     test_d = [data.dialogues[i] for i in test_ids]
     names = tuple(data.class_names)
+    last_path = os.path.join(out_dir, "last.safetensors")
+
+    resumed = None
+    if opts.resume:
+        if os.path.isfile(last_path):
+            resumed = read_checkpoint(last_path)
+            _, meta, _ = resumed
+            diffs = resume_differences(meta["config"], meta.get("options", {}), cfg, opts, meta["epoch"] + 1)
+            if diffs and not opts.override:
+                raise ResumeMismatchError(
+                    f"--resume: the run in {out_dir} was made with other settings: " + "; ".join(diffs)
+                    + " (give the same settings, or --override to continue with the new ones)")
+            if diffs:
+                record_override(out_dir, diffs)
+                log("--resume --override: continuing with " + "; ".join(diffs))
+        else:
+            log(f"--resume: no usable checkpoint in {out_dir} (no last.safetensors); starting a new run")
 
     torch.manual_seed(opts.seed)
     model = CMATH(cfg, backend=opts.backend)
@@ -69,12 +117,14 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
     history: List[dict] = []
     best = {"score": -math.inf, "epoch": -1, "select": None, "test": None}
     start_epoch = 0
-    last_path = os.path.join(out_dir, "last.safetensors")
 
-    if opts.resume and os.path.isfile(last_path):
-        tensors, meta = load_checkpoint(last_path)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    if resumed is not None:
+        tensors, meta, _ = resumed
+        load_weights(model, tensors, last_path)
         opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        if opts.override:  # the new lr and weight decay apply from here on
+            for group in opt.param_groups:
+                group.update(lr=opts.lr, weight_decay=opts.weight_decay)
         torch.set_rng_state(tensors["rng/torch"])
         shuffle_gen.set_state(tensors["rng/shuffle"])
         if opts.device.startswith("cuda") and "rng/cuda" in tensors:
@@ -83,27 +133,51 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
         log(f"resumed from {last_path} after epoch {meta['epoch']}")
     atomic_write_text(os.path.join(out_dir, "config.json"), cfg.to_json())
 
+    progress = opts.progress and sys.stderr.isatty()  # a bar in a file or pipe is one endless line
+    skip = opts.on_nonfinite == "skip"
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         model.train()
         sums: Dict[str, float] = {}
         n_steps = num_batches(len(train_d), opts.batch_size)
-        bar = _progress(n_steps, f"epoch {epoch}", opts.progress)
-        for batch in iterate_batches(train_d, opts.batch_size, shuffle=True, generator=shuffle_gen):
+        n_done = n_skipped = 0
+        bar = _progress(n_steps, f"epoch {epoch}", progress)
+        for step, batch in enumerate(iterate_batches(train_d, opts.batch_size, shuffle=True,
+                                                     generator=shuffle_gen)):
             b = batch.to(opts.device)
-            total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            try:
+                total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
+                                          skip_nonfinite=skip)
+            except Exception as exc:
+                if _is_oom(exc):
+                    raise _oom_error(exc, batch, opts.device) from None
+                raise
+            values = {k: float(v) for k, v in terms.items()}
+            if not math.isfinite(values["total"]):
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+                if skip:
+                    n_skipped += 1
+                    log(f"epoch {epoch} step {step}: non-finite loss ({shown}); step skipped")
+                    bar.update(1)
+                    continue
+                kept = (f"the last good checkpoint is {last_path} (after epoch {epoch - 1})"
+                        if epoch > 0 and os.path.isfile(last_path) else "no epoch had completed")
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}, step {step} ({shown}); the run stopped and wrote "
+                    f"nothing for this epoch: {kept}. Lower --lr, or --on-nonfinite skip")
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_done += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+            bar.set_postfix(loss=f"{values['total']:.3f}")
         bar.close()
         sel = evaluate_model(model, select_d, opts.batch_size, opts.device, names)
         tst = evaluate_model(model, test_d, opts.batch_size, opts.device, names) if test_d else sel
-        row = {"epoch": epoch, "train_loss": sums.get("total", 0.0) / max(n_steps, 1)}
-        row.update({f"train_{k}": v / max(n_steps, 1) for k, v in sums.items() if k != "total"})
+        row = {"epoch": epoch, "train_loss": sums.get("total", 0.0) / max(n_done, 1)}
+        row.update({f"train_{k}": v / max(n_done, 1) for k, v in sums.items() if k != "total"})
         row.update({"select_accuracy": sel["accuracy"], "select_weighted_f1": sel["weighted_f1"],
                     "test_accuracy": tst["accuracy"], "test_weighted_f1": tst["weighted_f1"],
-                    "seconds": time.perf_counter() - t0})
+                    "skipped_steps": n_skipped, "seconds": time.perf_counter() - t0})
         history.append(row)
         log(_summary_line(row, opts))
         if sel["weighted_f1"] > best["score"]:
@@ -111,7 +185,7 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
                     "test": public(tst), "confusion": confusion_matrix_of(tst, len(names))}
             save_model(os.path.join(out_dir, "best.safetensors"), model,
                        {"epoch": epoch, "select_on": opts.select_on, "metrics": public(tst),
-                        "selection": SELECTION_TEXT[opts.select_on]})
+                        "selection": SELECTION_TEXT[opts.select_on], "protocol_label": protocol_label(opts)})
         extra = {"rng/torch": torch.get_rng_state(), "rng/shuffle": shuffle_gen.get_state()}
         if opts.device.startswith("cuda"):
             extra["rng/cuda"] = torch.cuda.get_rng_state()
@@ -123,8 +197,11 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
         if opts.stop_after_epoch is not None and epoch >= opts.stop_after_epoch:
             return {"interrupted_after_epoch": epoch}
 
+    if best["test"] is None:
+        raise ValueError(f"--epochs {opts.epochs}: no epoch left to train in {out_dir}")
     result = dict(best["test"])
     result.update({
+        "schema_version": CONFIG_SCHEMA_VERSION,
         "select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
         "protocol": opts.protocol, "protocol_label": protocol_label(opts),
         "epoch": best["epoch"], "seed": opts.seed, "epochs": opts.epochs,
@@ -140,31 +217,35 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
 
 def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, seeds: int = 1,
           log=print) -> dict:
-    """Train ``seeds`` runs (seeds opts.seed, opts.seed+1, ...); write the combined metrics.json."""
-    if seeds < 1:
+    """Train ``seeds`` runs (seeds opts.seed, opts.seed+1, ...); write the combined metrics.json.
+    The run folder is locked for the whole run."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds: expected a positive integer, got {seeds}")
-    if seeds == 1:
-        return train_one(cfg, data, opts, out_dir, log)
-    runs = []
-    for k in range(seeds):
-        seed_opts = TrainOptions(**{**asdict(opts), "seed": opts.seed + k})
-        log(f"--- seed {seed_opts.seed} ---")
-        runs.append(train_one(cfg, data, seed_opts, os.path.join(out_dir, f"seed{k}"), log))
-    if any("interrupted_after_epoch" in r for r in runs):
-        return runs[-1]
-    result = {"select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
-              "protocol": opts.protocol, "protocol_label": protocol_label(opts),
-              "class_names": list(data.class_names), "seeds": [r["seed"] for r in runs],
-              "per_seed": [{k: r[k] for k in ("seed", "epoch", "accuracy", "weighted_f1")} for r in runs]}
-    for key in ("accuracy", "weighted_f1"):
-        vals = np.array([r[key] for r in runs])
-        result[key] = float(vals.mean())
-        result[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-    result["per_class_f1"] = {n: float(np.mean([r["per_class_f1"][n] for r in runs]))
-                              for n in data.class_names}
-    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2))
-    atomic_write_text(os.path.join(out_dir, "config.json"), cfg.to_json())
-    return result
+    opts.validate()
+    with RunLock(out_dir):
+        if seeds == 1:
+            return train_one(cfg, data, opts, out_dir, log)
+        runs = []
+        for k in range(seeds):
+            seed_opts = TrainOptions(**{**asdict(opts), "seed": opts.seed + k})
+            log(f"--- seed {seed_opts.seed} ---")
+            runs.append(train_one(cfg, data, seed_opts, os.path.join(out_dir, f"seed{k}"), log))
+        if any("interrupted_after_epoch" in r for r in runs):
+            return runs[-1]
+        result = {"schema_version": CONFIG_SCHEMA_VERSION,
+                  "select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
+                  "protocol": opts.protocol, "protocol_label": protocol_label(opts),
+                  "class_names": list(data.class_names), "seeds": [r["seed"] for r in runs],
+                  "per_seed": [{k: r[k] for k in ("seed", "epoch", "accuracy", "weighted_f1")} for r in runs]}
+        for key in ("accuracy", "weighted_f1"):
+            vals = np.array([r[key] for r in runs])
+            result[key] = float(vals.mean())
+            result[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        result["per_class_f1"] = {n: float(np.mean([r["per_class_f1"][n] for r in runs]))
+                                  for n in data.class_names}
+        atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2))
+        atomic_write_text(os.path.join(out_dir, "config.json"), cfg.to_json())
+        return result
 
 
 def _progress(total: int, desc: str, enabled: bool):

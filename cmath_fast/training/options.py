@@ -23,11 +23,13 @@ class TrainOptions:
     device: str = "cpu"
     backend: str = "auto"
     resume: bool = False
+    override: bool = False  # with resume: continue although settings differ (recorded in the folder)
     progress: bool = True
     max_grad_norm: float = 5.0  # 0 = no clipping
     valid_fraction: float = 0.1  # share of the training dialogues held out for selection
     protocol: str = "cmath-fast"
     protocol_overrides: Tuple[str, ...] = ()  # settings given explicitly over the protocol's
+    on_nonfinite: str = "stop"  # a non-finite loss: "stop" the run, or "skip" the step
     stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
 
     def validate(self) -> None:
@@ -40,5 +42,16 @@ class TrainOptions:
             raise ValueError(f"--lr: expected > 0, got {self.lr}")
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise ValueError(f"--clip-grad-norm: expected >= 0 (0 = off), got {self.max_grad_norm}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"--on-nonfinite: expected 'stop' or 'skip', got {self.on_nonfinite!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)):
+            raise ValueError(f"--lr: expected a finite number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay: expected a finite number >= 0, got {self.weight_decay}")
+        if self.device.startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {self.device}: CUDA is not available here (torch "
+                                 f"{torch.__version__}); use --device cpu")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"--valid-fraction: expected a fraction in (0, 1), got {self.valid_fraction}")
