@@ -10,7 +10,7 @@ import sys
 from typing import List, Optional
 
 from . import bench, data, env, train
-from ..training.loop import NonFiniteLossError
+from ..training.errors import NonFiniteLossError
 from .common import CLIError
 
 

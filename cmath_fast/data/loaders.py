@@ -79,7 +79,10 @@ def load_features(path: str) -> MERData:
         data = parse_pickle(_unpickle(raw, path), path)
     else:
         raise DataError(f"{path}: neither a pickle nor a cmath-fast safetensors feature file")
-    data.validate()
+    try:
+        data.validate()
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     return data
 
 

@@ -136,8 +136,10 @@ def _check_meta(path: str, meta: dict) -> None:
     if len(set(ids)) != len(ids):
         bad("'ids' has duplicates")
     splits = meta["splits"]
-    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
-        bad("'splits' must be an object of lists of ids")
+    if not isinstance(splits, dict) or not all(
+            isinstance(v, list) and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v)
+            for v in splits.values()):
+        bad("'splits' must be an object of lists of ids (strings or integers)")
     names = meta["class_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         bad("'class_names' must be a non-empty list of strings")

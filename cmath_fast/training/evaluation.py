@@ -9,6 +9,7 @@ import torch
 
 from ..data.dataset import Dialogue, iterate_batches
 from ..model import CMATH
+from .errors import explain_oom
 
 def metrics_from(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
@@ -31,7 +32,8 @@ def predict_dialogues(model: CMATH, dialogues: Sequence[Dialogue], batch_size: i
     out = []
     for batch in iterate_batches(dialogues, batch_size):
         b = batch.to(device)
-        probs = torch.softmax(model(*b.inputs()).logits.float(), dim=-1).cpu().numpy()
+        with explain_oom(batch, device):
+            probs = torch.softmax(model(*b.inputs()).logits.float(), dim=-1).cpu().numpy()
         for i, vid in enumerate(batch.ids):
             n = int(batch.lengths[i])
             out.append((vid, probs[i, :n]))

@@ -26,6 +26,7 @@ from ..io import atomic_write_text
 from ..model import CMATH
 from ..step import train_step
 from .checkpoints import flatten_optimizer, load_weights, read_checkpoint, save_model, unflatten_optimizer
+from .errors import NonFiniteLossError, explain_oom
 from .evaluation import confusion_matrix_of, evaluate_model, public
 from .options import SELECTION_TEXT, TrainOptions
 from .plots import write_plots
@@ -50,25 +51,6 @@ def _summary_line(row: dict, opts: TrainOptions) -> str:
             f"{sel} acc {row['select_accuracy']:.4f} wF1 {row['select_weighted_f1']:.4f}  "
             f"test acc {row['test_accuracy']:.4f} wF1 {row['test_weighted_f1']:.4f}  "
             f"{row['seconds']:.1f}s  [{protocol_label(opts)}]")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the run stopped with its earlier checkpoints intact."""
-
-
-def _oom_error(exc: BaseException, batch, device: str) -> MemoryError:
-    longest = max(range(len(batch.ids)), key=lambda i: int(batch.lengths[i]))
-    return MemoryError(
-        f"out of memory on {device} for a batch of {len(batch.ids)} dialogues whose longest, "
-        f"{batch.ids[longest]!r}, has {int(batch.lengths[longest])} utterances; lower --batch-size, "
-        f"use a smaller model, or split dialogues that long ({str(exc).splitlines()[0][:120]})")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
-    return isinstance(exc, oom_types) or (isinstance(exc, RuntimeError) and (
-        "out of memory" in str(exc) or "can't allocate memory" in str(exc)))
 
 
 def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
@@ -145,13 +127,9 @@ def _train_one(cfg, data, opts, out_dir, log):
         for step, batch in enumerate(iterate_batches(train_d, opts.batch_size, shuffle=True,
                                                      generator=shuffle_gen)):
             b = batch.to(opts.device)
-            try:
+            with explain_oom(batch, opts.device):
                 total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
                                           skip_nonfinite=skip)
-            except Exception as exc:
-                if _is_oom(exc):
-                    raise _oom_error(exc, batch, opts.device) from None
-                raise
             values = {k: float(v) for k, v in terms.items()}
             if not math.isfinite(values["total"]):
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
