@@ -1,32 +1,80 @@
 """One training step — forward, loss, backward, optimiser — shared by the trainer, the benchmarks
-and the device-op counter (none of them keeps a copy)."""
+and the device-op counter (none of them keeps a copy); and the precision modes it runs in."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 
 from .profiling import nvtx_range
 
+# fp32: everything in fp32. bf16-mixed / fp16-mixed: torch.autocast around forward and loss, fp32
+# master weights (fp16 with a gradient scaler). bf16: weights and activations in bf16.
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
+
+
+def default_precision(device: str) -> str:
+    """bf16-mixed on CUDA, fp32 elsewhere."""
+    return "bf16-mixed" if str(device).startswith("cuda") else "fp32"
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision: expected one of {PRECISIONS}, got {precision!r}")
+
+
+def autocast_context(precision: str, device_type: str):
+    """The autocast context of a precision mode (a null context for fp32 and bf16)."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    if precision == "fp16-mixed":
+        return torch.autocast(device_type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype of the weights (and of the features fed to the model) in a precision mode."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def make_grad_scaler(precision: str, device_type: str):
+    """A gradient scaler for fp16-mixed, None otherwise."""
+    if precision != "fp16-mixed":
+        return None
+    try:
+        return torch.amp.GradScaler(device_type)
+    except (AttributeError, TypeError):  # torch < 2.3
+        return torch.cuda.amp.GradScaler()
+
 
 def train_step(model, opt: torch.optim.Optimizer, inputs, labels: torch.Tensor, epoch: Optional[int],
-               max_grad_norm: float = 0.0, skip_nonfinite: bool = False):
+               max_grad_norm: float = 0.0, skip_nonfinite: bool = False, precision: str = "fp32",
+               scaler=None):
     """forward, loss, backward, (clip the gradient norm when ``max_grad_norm``), optimiser step,
-    with NVTX ranges. ``inputs``: (text, audio, visual, speakers, lengths). Returns (total loss,
-    dict of loss terms), both detached tensors on the model's device (no host sync).
-    ``skip_nonfinite``: a step whose loss is NaN or inf leaves the weights and the optimiser
-    untouched (this reads the loss on the host: one sync)."""
-    out = model(*inputs)
-    total, terms = model.loss(out, labels, epoch=epoch)
+    with NVTX ranges. ``inputs``: (text, audio, visual, speakers, lengths), features already in
+    ``weight_dtype(precision)``. Returns (total loss, dict of loss terms), both detached tensors on
+    the model's device (no host sync). ``skip_nonfinite``: a step whose loss is NaN or inf leaves
+    the weights and the optimiser untouched (this reads the loss on the host: one sync).
+    ``scaler``: the gradient scaler of fp16-mixed."""
+    with autocast_context(precision, inputs[0].device.type):
+        out = model(*inputs)
+        total, terms = model.loss(out, labels, epoch=epoch)
     opt.zero_grad(set_to_none=True)
     with nvtx_range("backward", "bwd"):
-        total.backward()
+        (scaler.scale(total) if scaler is not None else total).backward()
     if skip_nonfinite and not bool(torch.isfinite(total)):
         opt.zero_grad(set_to_none=True)
         return total.detach(), terms
     with nvtx_range("optimizer", "step"):
+        if scaler is not None:
+            scaler.unscale_(opt)
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
     return total.detach(), terms

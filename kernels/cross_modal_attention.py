@@ -57,10 +57,10 @@ def _out_offsets(b, offs_m, s, h, offs_d, Lq, S: tl.constexpr, H, dh):
 
 # Integers that change from call to call are not specialised: divisibility by 16 of a length, a
 # batch stride or the seed would otherwise compile a new variant for some new values.
-@triton.jit(do_not_specialize=["seed", "stride_qb", "stride_ks", "stride_kb", "Lq", "Lk"])
+@triton.jit(do_not_specialize=["stride_qb", "stride_ks", "stride_kb", "Lq", "Lk"])
 def _cma_fwd_kernel(
-    Q, K, V, G, O, OU, LSE, QLEN, KVLEN,
-    sm_scale, seed, p_drop,
+    Q, K, V, G, O, OU, LSE, QLEN, KVLEN, SEED,
+    sm_scale, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
     stride_kvls,
@@ -72,7 +72,7 @@ def _cma_fwd_kernel(
 ):
     """Forward. Q (B, Lq, H, dh); K, V (S, B, Lk, H, dh) sharing strides; G (B, Lq, S, H) gates;
     O, OU (B, Lq, S, H, dh) gated and ungated outputs; LSE (B, S, H, Lq) fp32; QLEN (B,) and
-    KVLEN (S, B) int32. Constexprs: S streams; BLOCK_M x BLOCK_N tiles; BLOCK_D = dh padded to a
+    KVLEN (S, B) int32; SEED (1,) int64, the dropout seed, read on the device. Constexprs: S streams; BLOCK_M x BLOCK_N tiles; BLOCK_D = dh padded to a
     power of two (EVEN_D when equal); feature flags as named; UPCAST loads to fp32 (the
     interpreter's bf16 is wrong); PRECISION the tl.dot input precision.
 
@@ -81,6 +81,7 @@ def _cma_fwd_kernel(
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_len = tl.load(QLEN + b)
+    seed = tl.load(SEED)  # unused (and not loaded) without dropout
     offs_m, offs_d, row_ok, d_ok = tile_prologue(pid_m, BLOCK_M, q_len, BLOCK_D, dh)
     if EVEN_D:
         d_ok = offs_d < BLOCK_D  # constant true: the compiler drops the head-dim mask
@@ -222,11 +223,11 @@ def _load_delta(DELTA, b, s, h, offs_m, m_ok, Lq, H, S: tl.constexpr, JOINT: tl.
     return delta
 
 
-@triton.jit(do_not_specialize=["seed", "stride_qb", "stride_ks", "stride_kb", "stride_dob", "stride_dks",
+@triton.jit(do_not_specialize=["stride_qb", "stride_ks", "stride_kb", "stride_dob", "stride_dks",
                                "stride_dkb", "Lq", "Lk"])
 def _cma_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, QLEN, KVLEN,
-    sm_scale, seed, p_drop,
+    Q, K, V, DO, LSE, DELTA, DK, DV, QLEN, KVLEN, SEED,
+    sm_scale, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
     stride_dob, stride_dom, stride_dos, stride_doh,
@@ -248,6 +249,7 @@ def _cma_bwd_dkdv_kernel(
     h = sh % H
     q_len = tl.load(QLEN + b)
     kv_len = tl.load(KVLEN + s * stride_kvls + b)
+    seed = tl.load(SEED)
     offs_n, offs_d, n_ok, d_ok = tile_prologue(pid_n, BLOCK_N, kv_len, BLOCK_D, dh)
     row = (b * S + s) * H + h
     kv_off = s * stride_ks + b * stride_kb + offs_n[:, None] * stride_kn + h * stride_kh + offs_d[None, :]
@@ -285,10 +287,10 @@ def _cma_bwd_dkdv_kernel(
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit(do_not_specialize=["seed", "stride_qb", "stride_ks", "stride_kb", "stride_dob", "Lq", "Lk"])
+@triton.jit(do_not_specialize=["stride_qb", "stride_ks", "stride_kb", "stride_dob", "Lq", "Lk"])
 def _cma_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, QLEN, KVLEN,
-    sm_scale, seed, p_drop,
+    Q, K, V, DO, LSE, DELTA, DQ, QLEN, KVLEN, SEED,
+    sm_scale, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
     stride_dob, stride_dom, stride_dos, stride_doh,
@@ -307,6 +309,7 @@ def _cma_bwd_dq_kernel(
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_len = tl.load(QLEN + b)
+    seed = tl.load(SEED)
     offs_m, offs_d, m_ok, d_ok = tile_prologue(pid_m, BLOCK_M, q_len, BLOCK_D, dh)
     active = pid_m * BLOCK_M < q_len
     q = load_rows(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
@@ -345,9 +348,9 @@ def _cma_bwd_dq_kernel(
              dq.to(DQ.dtype.element_ty), mask=(offs_m < Lq)[:, None] & d_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["seed", "Lq", "Lk"])
+@triton.jit(do_not_specialize=["Lq", "Lk"])
 def _cma_dropout_mask_kernel(
-    MASK, seed, p_drop, Lq, Lk, H,
+    MASK, SEED, p_drop, Lq, Lk, H,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The keep-mask (B, S, H, Lq, Lk) int8 that the attention kernels use (debug path).
@@ -356,6 +359,7 @@ def _cma_dropout_mask_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     row = tl.program_id(2)
+    seed = tl.load(SEED)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     keep = _keep(seed, row, offs_m, offs_n, Lk, p_drop)
@@ -367,6 +371,11 @@ def _cma_dropout_mask_kernel(
 # Launchers: plain tensors in, tensors out. Tiles come from ``configs.attention_tile``: one per
 # power-of-two bucket of the padded query length, so new lengths reuse a compiled kernel.
 
+def _seed_arg(seed, placeholder, dropout_p):
+    """The seed tensor, or (without dropout, when the kernels never read it) a placeholder."""
+    return seed if dropout_p > 0.0 else placeholder
+
+
 def _check_kv(k, v, what="k and v"):
     if k.stride() != v.stride() or k.stride(-1) != 1:
         raise ValueError(f"{what}: expected equal strides with a contiguous last dim, got "
@@ -376,7 +385,8 @@ def _check_kv(k, v, what="k and v"):
 def cross_modal_attention_fwd(q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed,
                               joint, store_ungated):
     """q (B, Lq, H, dh); k, v (S, B, Lk, H, dh) sharing strides; q_lengths (B,) int32;
-    kv_lengths (S, B) int32; gates (B, Lq, S, H) contiguous or None. Returns (out (B, Lq, S, H, dh),
+    kv_lengths (S, B) int32; gates (B, Lq, S, H) contiguous or None; seed (1,) int64 on the
+    device (read only with dropout). Returns (out (B, Lq, S, H, dh),
     out_ungated or None, lse (B, S, H, Lq))."""
     B, Lq, H, dh = q.shape
     S, Lk = k.shape[0], k.shape[2]
@@ -390,7 +400,7 @@ def cross_modal_attention_fwd(q, k, v, q_lengths, kv_lengths, gates, sm_scale, d
     tile = attention_tile("cma_fwd", Lq, bd, q.dtype)
     launch(_cma_fwd_kernel, (triton.cdiv(Lq, tile.block_m), H, B),
            q, k, v, gates if gates is not None else out, out, out_u if out_u is not None else out, lse,
-           q_lengths, kv_lengths, float(sm_scale), int(seed), float(dropout_p),
+           q_lengths, kv_lengths, _seed_arg(seed, q_lengths, dropout_p), float(sm_scale), float(dropout_p),
            q.stride(0), q.stride(1), q.stride(2), *k.stride()[:4], kv_lengths.stride(0),
            Lq, Lk, H, dh,
            S=S, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_D=bd, EVEN_D=bd == dh,
@@ -433,7 +443,7 @@ def cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths, 
         dv = torch.empty_like(dk)
     else:
         _check_kv(dk, dv, "dk and dv")
-    scalars = (float(sm_scale), int(seed), float(dropout_p))
+    scalars = (_seed_arg(seed, q_lengths, dropout_p), float(sm_scale), float(dropout_p))
     q_strides = (q.stride(0), q.stride(1), q.stride(2))
     launch(_cma_bwd_dkdv_kernel, (triton.cdiv(Lk, tile.block_n), S * H, B),
            q, k, v, dout_u, lse, delta, dk, dv, q_lengths, kv_lengths, *scalars,
@@ -453,5 +463,5 @@ def cross_modal_attention_dropout_mask(B, S, H, Lq, Lk, dropout_p, seed, device)
     tile = attention_tile("cma_dropout_mask", Lq, 16, torch.float32)
     launch(_cma_dropout_mask_kernel,
            (triton.cdiv(Lq, tile.block_m), triton.cdiv(Lk, tile.block_n), B * S * H),
-           mask, int(seed), float(dropout_p), Lq, Lk, H, S=S, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n)
+           mask, seed, float(dropout_p), Lq, Lk, H, S=S, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n)
     return mask.bool()

@@ -43,25 +43,26 @@ def _kl_terms(mu, lv):
     return 1.0 + lv - mu * mu - tl.exp(lv)
 
 
-# N (the row count) and the seed change from call to call: not specialised, so that a new batch
-# or seed never compiles a new variant.
-@triton.jit(do_not_specialize=["seed", "N", "stride_en"])
+# N (the row count) changes from call to call: not specialised, so that a new batch never
+# compiles a new variant. The seed is read through a pointer, never a run-time integer.
+@triton.jit(do_not_specialize=["N", "stride_en"])
 def _vf_fwd_kernel(
-    E, W, BIAS, EPS, Z, HOUT, KLP, ROWMASK,
-    seed, logvar_clamp, N, d_in, d_z,
+    E, W, BIAS, EPS, Z, HOUT, KLP, ROWMASK, SEED,
+    logvar_clamp, N, d_in, d_z,
     stride_en, stride_wn,
     BLOCK_N: tl.constexpr, BLOCK_Z: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_EPS: tl.constexpr, SAMPLE: tl.constexpr,
     RETURN_EPS: tl.constexpr, SAVE_H: tl.constexpr, HAS_ROWMASK: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """E (N, d_in); W (2 d_z, d_in); BIAS (2 d_z,); EPS (N, d_z) contiguous, given noise (HAS_EPS)
+    """E (N, d_in); W (2 d_z, d_in); BIAS (2 d_z,); SEED (1,) int64; EPS (N, d_z) contiguous, given noise (HAS_EPS)
     or the drawn noise out (RETURN_EPS, fp32); Z (N, d_z) contiguous; HOUT (N, 2 d_z) fp32 [mu | lv_raw] saved for
     backward (SAVE_H); KLP (n_col_blocks, N) fp32 KL partials; ROWMASK (N,) uint8.
 
     This program computes a BLOCK_N x BLOCK_Z tile of z (and of mu and lv) and its KL partial."""
     pid_n = tl.program_id(0)
     pid_z = tl.program_id(1)
+    seed = tl.load(SEED)  # the noise seed (int64, on the device); not loaded when unused
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_z * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_ok = rows < N
@@ -141,10 +142,10 @@ def _latent_grads(mu, lv, DZ, dz_offs, DKL, EPS, eps_offs, ROWMASK, seed, rows, 
     return dmu, dlv
 
 
-@triton.jit(do_not_specialize=["seed", "N"])
+@triton.jit(do_not_specialize=["N"])
 def _vf_bwd_kernel(
-    HSAVED, DZ, DKL, EPS, ROWMASK, DH,
-    seed, logvar_clamp, N, d_z,
+    HSAVED, DZ, DKL, EPS, ROWMASK, DH, SEED,
+    logvar_clamp, N, d_z,
     BLOCK_N: tl.constexpr, BLOCK_Z: tl.constexpr,
     HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, HAS_EPS: tl.constexpr, SAMPLE: tl.constexpr,
     HAS_ROWMASK: tl.constexpr,
@@ -155,6 +156,7 @@ def _vf_bwd_kernel(
     This program computes a BLOCK_N x BLOCK_Z tile of d mu and of d lv_raw."""
     pid_n = tl.program_id(0)
     pid_z = tl.program_id(1)
+    seed = tl.load(SEED)  # the noise seed (int64, on the device); not loaded when unused
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_z * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_ok = rows < N
@@ -187,10 +189,10 @@ def _poe_combine(MU, LV, offs, mask, stride_m, logvar_clamp, M: tl.constexpr):
     return prec, num
 
 
-@triton.jit(do_not_specialize=["seed", "N", "stride_m"])
+@triton.jit(do_not_specialize=["N", "stride_m"])
 def _poe_fwd_kernel(
-    MU, LV, EPS, Z, KLP, ROWMASK,
-    seed, logvar_clamp, N, d_z, stride_m,
+    MU, LV, EPS, Z, KLP, ROWMASK, SEED,
+    logvar_clamp, N, d_z, stride_m,
     M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Z: tl.constexpr,
     HAS_EPS: tl.constexpr, SAMPLE: tl.constexpr, RETURN_EPS: tl.constexpr, HAS_ROWMASK: tl.constexpr,
 ):
@@ -200,6 +202,7 @@ def _poe_fwd_kernel(
     This program combines the experts and samples a BLOCK_N x BLOCK_Z tile."""
     pid_n = tl.program_id(0)
     pid_z = tl.program_id(1)
+    seed = tl.load(SEED)  # the noise seed (int64, on the device); not loaded when unused
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_z * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_ok = rows < N
@@ -226,10 +229,10 @@ def _poe_fwd_kernel(
     tl.store(KLP + pid_z * N + rows, kl, mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["seed", "N", "stride_m"])
+@triton.jit(do_not_specialize=["N", "stride_m"])
 def _poe_bwd_kernel(
-    MU, LV, DZ, DKL, EPS, ROWMASK, DMU, DLV,
-    seed, logvar_clamp, N, d_z, stride_m,
+    MU, LV, DZ, DKL, EPS, ROWMASK, DMU, DLV, SEED,
+    logvar_clamp, N, d_z, stride_m,
     M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Z: tl.constexpr,
     HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, HAS_EPS: tl.constexpr, SAMPLE: tl.constexpr,
     HAS_ROWMASK: tl.constexpr,
@@ -240,6 +243,7 @@ def _poe_bwd_kernel(
     gradient: d mu_m = d mu a_m / P, d lv_m = -a_m (d mu (mu_m - mu) - d lv) / P (0 if clamped)."""
     pid_n = tl.program_id(0)
     pid_z = tl.program_id(1)
+    seed = tl.load(SEED)  # the noise seed (int64, on the device); not loaded when unused
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_z * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_ok = rows < N
@@ -270,6 +274,12 @@ def launcher_configs():
     return sorted({(kernel, tile) for kernel, _, _, _, tile in all_fusion_tiles()})
 
 
+def _seed_arg(seed, placeholder):
+    """The seed tensor ((1,) int64 on the device), or, when nothing is drawn, a placeholder pointer
+    (the kernels never read it then)."""
+    return seed if seed is not None else placeholder
+
+
 def _rowmask_arg(row_mask, fallback):
     if row_mask is None:
         return fallback, False
@@ -294,13 +304,13 @@ def variational_fusion_fwd(e, weight, bias, eps, row_mask, training, logvar_clam
     rm, has_rm = _rowmask_arg(row_mask, klp)
     launch(_vf_fwd_kernel, (triton.cdiv(N, tile.block_m), n_col),
            e, weight, bias if bias is not None else weight, eps_arg, z, h if h is not None else klp, klp, rm,
-           int(seed), float(logvar_clamp), N, d_in, d_z, e.stride(0), weight.stride(0),
+           _seed_arg(seed, klp), float(logvar_clamp), N, d_in, d_z, e.stride(0), weight.stride(0),
            BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, BLOCK_K=tile.block_k, HAS_BIAS=bias is not None,
            HAS_EPS=eps is not None, SAMPLE=bool(training), RETURN_EPS=drawn is not None, SAVE_H=save_h,
            HAS_ROWMASK=has_rm, UPCAST=upcast(e.dtype), PRECISION=dot_precision(e.dtype),
            num_warps=tile.num_warps, num_stages=tile.num_stages)
     # Column-block partials summed in a fixed order: deterministic.
-    kl = klp[0] if n_col == 1 else klp.sum(dim=0)
+    kl = klp.view(N) if n_col == 1 else klp.sum(dim=0)
     return z, kl, h, drawn
 
 
@@ -313,7 +323,7 @@ def variational_fusion_bwd_dh(h, dz, dkl, eps, row_mask, training, logvar_clamp,
     rm, has_rm = _rowmask_arg(row_mask, h)
     launch(_vf_bwd_kernel, (triton.cdiv(N, tile.block_m), triton.cdiv(d_z, tile.block_n)),
            h, dz if dz is not None else h, dkl if dkl is not None else h, eps if eps is not None else h,
-           rm, dh, int(seed), float(logvar_clamp), N, d_z,
+           rm, dh, _seed_arg(seed, h), float(logvar_clamp), N, d_z,
            BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, HAS_DZ=dz is not None, HAS_DKL=dkl is not None,
            HAS_EPS=eps is not None, SAMPLE=bool(training), HAS_ROWMASK=has_rm,
            num_warps=tile.num_warps, num_stages=tile.num_stages)
@@ -333,11 +343,11 @@ def poe_fusion_fwd(mu, logvar, eps, row_mask, training, logvar_clamp, seed, retu
     eps_arg = eps if eps is not None else (drawn if drawn is not None else z)
     rm, has_rm = _rowmask_arg(row_mask, klp)
     launch(_poe_fwd_kernel, (triton.cdiv(N, tile.block_m), n_col),
-           mu, logvar, eps_arg, z, klp, rm, int(seed), float(logvar_clamp), N, d_z, mu.stride(0),
+           mu, logvar, eps_arg, z, klp, rm, _seed_arg(seed, klp), float(logvar_clamp), N, d_z, mu.stride(0),
            M=M, BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, HAS_EPS=eps is not None, SAMPLE=bool(training),
            RETURN_EPS=drawn is not None, HAS_ROWMASK=has_rm,
            num_warps=tile.num_warps, num_stages=tile.num_stages)
-    kl = klp[0] if n_col == 1 else klp.sum(dim=0)
+    kl = klp.view(N) if n_col == 1 else klp.sum(dim=0)
     return z, kl, drawn
 
 
@@ -349,7 +359,7 @@ def poe_fusion_bwd(mu, logvar, dz, dkl, eps, row_mask, training, logvar_clamp, s
     rm, has_rm = _rowmask_arg(row_mask, mu)
     launch(_poe_bwd_kernel, (triton.cdiv(N, tile.block_m), triton.cdiv(d_z, tile.block_n)),
            mu, logvar, dz if dz is not None else mu, dkl if dkl is not None else mu,
-           eps if eps is not None else mu, rm, dmu, dlv, int(seed), float(logvar_clamp), N, d_z,
+           eps if eps is not None else mu, rm, dmu, dlv, _seed_arg(seed, mu), float(logvar_clamp), N, d_z,
            mu.stride(0), M=M, BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, HAS_DZ=dz is not None,
            HAS_DKL=dkl is not None, HAS_EPS=eps is not None, SAMPLE=bool(training), HAS_ROWMASK=has_rm,
            num_warps=tile.num_warps, num_stages=tile.num_stages)

@@ -36,7 +36,8 @@ def cmd_train(args) -> int:
         weight_decay=cfg.weight_decay, select_on=args.select_on or "valid", seed=args.seed,
         device=args.device, backend=args.backend, resume=args.resume, progress=not args.no_progress,
         max_grad_norm=5.0 if args.clip_grad_norm is None else args.clip_grad_norm,
-        valid_fraction=args.valid_fraction, on_nonfinite=args.on_nonfinite, override=args.override)
+        valid_fraction=args.valid_fraction, on_nonfinite=args.on_nonfinite, override=args.override,
+        precision=args.precision)
     explicit = set(fields)
     if args.select_on is not None:
         explicit.add("select_on")
@@ -49,7 +50,8 @@ def cmd_train(args) -> int:
         print(f"note: {note}")
     print(f"model: preset {cfg.name}, d_model {cfg.d_model}, centrals {','.join(cfg.centrals)}, "
           f"cross_gate {cfg.cross_gate}, fusion {cfg.fusion}; epochs {opts.epochs}, batch "
-          f"{opts.batch_size}, lr {opts.lr}, clip-grad-norm {opts.max_grad_norm or 'off'}; {label}")
+          f"{opts.batch_size}, lr {opts.lr}, clip-grad-norm {opts.max_grad_norm or 'off'}, precision "
+          f"{opts.resolved_precision()}; {label}")
     t0 = time.perf_counter()
     result = train(cfg, data, opts, args.out, seeds=args.seeds)
     dt = time.perf_counter() - t0
@@ -168,6 +170,9 @@ def add_parsers(sub) -> None:
                    help="continue an interrupted run in --out (its settings must be the same)")
     s.add_argument("--override", action="store_true",
                    help="with --resume: continue although settings differ (recorded in the run folder)")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16"], default="auto",
+                   help="auto (default): bf16-mixed on CUDA (autocast, fp32 master weights), fp32 on CPU; "
+                        "fp16-mixed adds a gradient scaler; bf16: bf16 weights")
     s.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
                    help="a NaN/inf loss: stop the run (earlier checkpoints kept), or skip that step")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")

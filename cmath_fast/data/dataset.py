@@ -148,9 +148,11 @@ class Batch:
     labels: torch.Tensor
     ids: List[object]
 
-    def to(self, device) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.text, self.audio, self.visual, self.speakers,
-                                               self.lengths, self.labels)), ids=self.ids)
+    def to(self, device, feature_dtype: Optional[torch.dtype] = None) -> "Batch":
+        """On ``device``, features in ``feature_dtype`` when given ."""
+        feats = [t.to(device, dtype=feature_dtype) if feature_dtype is not None else t.to(device)
+                 for t in (self.text, self.audio, self.visual)]
+        return Batch(*feats, *(t.to(device) for t in (self.speakers, self.lengths, self.labels)), ids=self.ids)
 
     def inputs(self):
         return self.text, self.audio, self.visual, self.speakers, self.lengths

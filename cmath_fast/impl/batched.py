@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops._common import autocast_inputs
+
 
 class BatchedLinearFunction(torch.autograd.Function):
     """y = x W^T + b for C linears at once: x (C, N, d_in), W (C, d_out, d_in), b (C, d_out).
@@ -18,15 +20,21 @@ class BatchedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b):
+        # Under torch.autocast, compute (and save) in the autocast dtype, as nn.Linear does; the
+        # backward then runs in that dtype too and hands each gradient back in its input's dtype.
+        ctx.dtypes = (x.dtype, w.dtype, b.dtype)
+        x, w, b = autocast_inputs(x, w, b)
         ctx.save_for_backward(x, w)
         return torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dx = torch.bmm(dy, w) if ctx.needs_input_grad[0] else None
-        dw = torch.bmm(dy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-        db = dy.sum(1) if ctx.needs_input_grad[2] else None
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        dy = dy.to(x.dtype)
+        dx = torch.bmm(dy, w).to(x_dtype) if ctx.needs_input_grad[0] else None
+        dw = torch.bmm(dy.transpose(1, 2), x).to(w_dtype) if ctx.needs_input_grad[1] else None
+        db = dy.sum(1).to(b_dtype) if ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 

@@ -24,7 +24,38 @@ def check_device(name: str, t: torch.Tensor) -> None:
                      f"tensors, slowly), got a tensor on {t.device}")
 
 
-def philox_seed() -> int:
-    """A Philox seed drawn from torch's default CPU generator: ``torch.manual_seed`` reproduces
-    it, and drawing it never synchronises with a GPU."""
-    return int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+def philox_seed(device) -> torch.Tensor:
+    """A Philox seed (1,) int64 drawn on ``device`` from torch's generator for that device:
+    ``torch.manual_seed`` reproduces it, it never crosses to the host (no synchronisation), and a
+    CUDA graph that captured the draw draws anew on every replay."""
+    return torch.randint(0, 2 ** 31 - 1, (1,), device=device, dtype=torch.int64)
+
+
+def autocast_dtype(device_type: str):
+    """The dtype ``torch.autocast`` casts matmul inputs to on this device type, or None when off."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        enabled = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
+
+
+def autocast_inputs(first: torch.Tensor, *rest):
+    """Inside ``torch.autocast``, floating tensors (and lists of them) cast to the autocast dtype,
+    as matmul-class ops cast their inputs; outside, returned unchanged. Returns (first, *rest)."""
+    dtype = autocast_dtype(first.device.type) if isinstance(first, torch.Tensor) else None
+    if dtype is None:
+        return (first,) + rest
+
+    def cast(t):
+        if isinstance(t, (list, tuple)):
+            return type(t)(cast(x) for x in t)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+            return t.to(dtype)
+        return t
+    return (cast(first),) + tuple(cast(t) for t in rest)

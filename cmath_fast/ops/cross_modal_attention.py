@@ -9,7 +9,8 @@ import torch
 
 from .._checks import check_lengths, check_streams, check_tensor
 from ..profiling import nvtx_range
-from ._common import check_device, kernel_dtype, philox_seed
+from ._common import autocast_inputs, check_device, kernel_dtype, philox_seed
+from ._library import op
 
 MAX_HEAD_DIM = 128
 
@@ -39,35 +40,28 @@ def _stacked(ts: Sequence[torch.Tensor]) -> torch.Tensor:
 
 class CrossModalAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed, joint, n_streams,
-                *kvs):
-        from ..kernels.cross_modal_attention import cross_modal_attention_fwd
-
+    def forward(ctx, q, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed, joint, n_streams, *kvs):
         ks, vs = kvs[:n_streams], kvs[n_streams:]
         k, v = _stacked(ks), _stacked(vs)
         if k.stride() != v.stride():  # the kernels address k and v with one set of strides
             k, v = k.contiguous(), v.contiguous()
         needs_grad = any(ctx.needs_input_grad)
-        out, out_u, lse = cross_modal_attention_fwd(
-            q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed, joint,
-            store_ungated=needs_grad and gates is not None)
-        ctx.save_for_backward(q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths)
-        ctx.cfg = (sm_scale, dropout_p, seed, joint, [t.shape[1] for t in ks])
+        out, out_u, lse = op("cma_fwd")(q, k, v, gates, q_lengths, kv_lengths, seed, sm_scale, dropout_p,
+                                        joint, needs_grad and gates is not None)
+        ctx.save_for_backward(q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths, seed)
+        ctx.cfg = (sm_scale, dropout_p, joint, [t.shape[1] for t in ks])
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        from ..kernels.cross_modal_attention import cross_modal_attention_bwd
-
-        q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths = ctx.saved_tensors
-        sm_scale, dropout_p, seed, joint, lks = ctx.cfg
+        q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths, seed = ctx.saved_tensors
+        sm_scale, dropout_p, joint, lks = ctx.cfg
         with nvtx_range("op/cross_modal_attention", "bwd"):
-            dq, dk, dv, dg = cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths,
-                                                       kv_lengths, sm_scale, dropout_p, seed, joint)
-        dks = [dk[s, :, :lk] for s, lk in enumerate(lks)]
-        dvs = [dv[s, :, :lk] for s, lk in enumerate(lks)]
-        if dg is not None:
-            dg = dg.to(gates.dtype)
+            dq, dkv, dg = op("cma_bwd")(dout, q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths, seed,
+                                        sm_scale, dropout_p, joint)
+        dks = [dkv[s, :, :lk, 0] for s, lk in enumerate(lks)]
+        dvs = [dkv[s, :, :lk, 1] for s, lk in enumerate(lks)]
+        dg = dg.to(gates.dtype) if gates is not None else None
         return (dq, dg, None, None, None, None, None, None, None, *dks, *dvs)
 
 
@@ -89,29 +83,21 @@ class PackedKVAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, kv, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed, joint):
-        from ..kernels.cross_modal_attention import cross_modal_attention_fwd
-
         k, v = kv[:, :, :, 0], kv[:, :, :, 1]
-        out, out_u, lse = cross_modal_attention_fwd(
-            q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed, joint,
-            store_ungated=any(ctx.needs_input_grad) and gates is not None)
-        ctx.save_for_backward(q, kv, out, out_u, lse, gates, q_lengths, kv_lengths)
-        ctx.cfg = (sm_scale, dropout_p, seed, joint)
+        out, out_u, lse = op("cma_fwd")(q, k, v, gates, q_lengths, kv_lengths, seed, sm_scale, dropout_p,
+                                        joint, any(ctx.needs_input_grad) and gates is not None)
+        ctx.save_for_backward(q, kv, out, out_u, lse, gates, q_lengths, kv_lengths, seed)
+        ctx.cfg = (sm_scale, dropout_p, joint)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        from ..kernels.cross_modal_attention import cross_modal_attention_bwd
-
-        q, kv, out, out_u, lse, gates, q_lengths, kv_lengths = ctx.saved_tensors
-        sm_scale, dropout_p, seed, joint = ctx.cfg
-        dkv = torch.empty_like(kv, memory_format=torch.contiguous_format)
+        q, kv, out, out_u, lse, gates, q_lengths, kv_lengths, seed = ctx.saved_tensors
+        sm_scale, dropout_p, joint = ctx.cfg
         with nvtx_range("op/cross_modal_attention", "bwd"):
-            dq, _, _, dg = cross_modal_attention_bwd(
-                dout, q, kv[:, :, :, 0], kv[:, :, :, 1], out, out_u, lse, gates, q_lengths, kv_lengths,
-                sm_scale, dropout_p, seed, joint, dk=dkv[:, :, :, 0], dv=dkv[:, :, :, 1])
-        if dg is not None:
-            dg = dg.to(gates.dtype)
+            dq, dkv, dg = op("cma_bwd")(dout, q, kv[:, :, :, 0], kv[:, :, :, 1], out, out_u, lse, gates,
+                                        q_lengths, kv_lengths, seed, sm_scale, dropout_p, joint)
+        dg = dg.to(gates.dtype) if gates is not None else None
         return dq, dkv, dg, None, None, None, None, None, None
 
 
@@ -122,6 +108,7 @@ def cross_modal_attention_packed(q: torch.Tensor, kv: torch.Tensor, lengths: tor
     (S, B, L, 2, H, dh) — the layout one GEMM over [W_k | W_v] produces — and one length per
     dialogue shared by the queries and every stream (as in a CMA layer). Returns (B, L, S, H, dh).
     This is the form the CMATH model calls."""
+    q, kv, gates = autocast_inputs(q, kv, gates)
     check_tensor("q", q, ndim=4, floating=True)
     kernel_dtype("q", q)
     check_device("q", q)
@@ -139,7 +126,7 @@ def cross_modal_attention_packed(q: torch.Tensor, kv: torch.Tensor, lengths: tor
     scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
     q_len = lengths.to(device=q.device, dtype=torch.int32)
     kv_len = q_len.expand(S, B)
-    seed = philox_seed() if dropout_p > 0 else 0
+    seed = philox_seed(q.device) if dropout_p > 0 else None
     with nvtx_range("op/cross_modal_attention"):
         return PackedKVAttentionFunction.apply(q, kv, gates, q_len, kv_len, scale, float(dropout_p), seed,
                                                bool(joint))
@@ -162,10 +149,13 @@ def cross_modal_attention(
     :func:`cmath_fast.reference.cross_modal_attention_ref`, differentiable in q, every k and v,
     and the gates.
 
-    dropout_p > 0 drops attention probabilities with Philox in the kernel (seed from torch's CPU
-    generator: ``torch.manual_seed`` reproduces it). ``return_dropout_mask=True`` also returns the
-    per-stream multipliers (B, H, Lq, Lk_s) that the reference's ``dropout_mask`` takes.
+    dropout_p > 0 drops attention probabilities with Philox in the kernel (seed drawn on q's device
+    from torch's generator: ``torch.manual_seed`` reproduces it, and it never crosses to the host).
+    ``return_dropout_mask=True`` also returns the per-stream multipliers (B, H, Lq, Lk_s) that the
+    reference's ``dropout_mask`` takes. Under ``torch.autocast`` the inputs are cast to the autocast
+    dtype, as matmul-class ops are.
     """
+    q, ks, vs, gates = autocast_inputs(q, list(ks), list(vs), gates)
     check_tensor("q", q, ndim=4, floating=True)
     kernel_dtype("q", q)
     check_device("q", q)
@@ -183,7 +173,7 @@ def cross_modal_attention(
     scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
     q_len = q_lengths.to(device=q.device, dtype=torch.int32)
     kv_len = torch.stack([t.to(device=q.device, dtype=torch.int32) for t in kv_lengths])
-    seed = philox_seed() if dropout_p > 0 else 0
+    seed = philox_seed(q.device) if dropout_p > 0 else None
     with nvtx_range("op/cross_modal_attention"):
         out = CrossModalAttentionFunction.apply(q, gates, q_len, kv_len, scale, float(dropout_p), seed,
                                                 bool(joint), S, *ks, *vs)
@@ -192,7 +182,7 @@ def cross_modal_attention(
     return out, dropout_multipliers(B, S, H, Lq, [t.shape[1] for t in ks], dropout_p, seed, q.device)
 
 
-def dropout_multipliers(B: int, S: int, H: int, Lq: int, lks: List[int], dropout_p: float, seed: int,
+def dropout_multipliers(B: int, S: int, H: int, Lq: int, lks: List[int], dropout_p: float, seed,
                         device) -> List[torch.Tensor]:
     """The dropout multipliers (keep / (1 - p)) per stream (B, H, Lq, Lk_s) for a seed."""
     from ..kernels.cross_modal_attention import cross_modal_attention_dropout_mask

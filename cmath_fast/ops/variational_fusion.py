@@ -9,7 +9,8 @@ import torch
 
 from .._checks import check_tensor
 from ..profiling import nvtx_range
-from ._common import check_device, kernel_dtype, philox_seed
+from ._common import autocast_inputs, check_device, kernel_dtype, philox_seed
+from ._library import op
 
 
 def _check_rows(name, t, n, device):
@@ -33,31 +34,27 @@ def _check_eps(eps, shape, device):
 class VariationalFusionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e, weight, bias, eps, row_mask, training, logvar_clamp, seed, return_eps):
-        from ..kernels.variational_fusion import variational_fusion_fwd
-
         ctx.set_materialize_grads(False)
         needs = any(ctx.needs_input_grad[:3])
-        z, kl, h, drawn = variational_fusion_fwd(e, weight, bias, eps, row_mask, training,
-                                                 logvar_clamp, seed, return_eps, save_h=needs)
-        ctx.save_for_backward(e, weight, h, eps, row_mask)
-        ctx.cfg = (training, logvar_clamp, seed, bias is not None)
+        z, kl, h, drawn = op("vf_fwd")(e, weight, bias, eps, row_mask, seed, training, logvar_clamp,
+                                       return_eps, needs)
+        ctx.save_for_backward(e, weight, h, eps, row_mask, seed)
+        ctx.cfg = (training, logvar_clamp, bias is not None)
         kl = kl.to(e.dtype)
-        if drawn is not None:
+        if training and eps is None and return_eps:
             ctx.mark_non_differentiable(drawn)
             return z, kl, drawn
         return z, kl
 
     @staticmethod
     def backward(ctx, dz, dkl, *_):
-        from ..kernels.variational_fusion import variational_fusion_bwd_dh
-
-        e, weight, h, eps, row_mask = ctx.saved_tensors
-        training, logvar_clamp, seed, has_bias = ctx.cfg
+        e, weight, h, eps, row_mask, seed = ctx.saved_tensors
+        training, logvar_clamp, has_bias = ctx.cfg
         if dz is None and dkl is None:
             return (None,) * 9
         dz = dz.contiguous() if dz is not None else None
         dkl = dkl.contiguous() if dkl is not None else None
-        dh = variational_fusion_bwd_dh(h, dz, dkl, eps, row_mask, training, logvar_clamp, seed, e.dtype)
+        dh = op("vf_bwd")(h, dz, dkl, eps, row_mask, seed, training, logvar_clamp, e.dtype)
         de = dh @ weight if ctx.needs_input_grad[0] else None
         dw = dh.t() @ e if ctx.needs_input_grad[1] else None
         db = dh.sum(0) if has_bias and ctx.needs_input_grad[2] else None
@@ -70,10 +67,13 @@ def variational_fusion(e: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     """Fused ``[mu | logvar] = e W^T + b`` -> clamp -> ``z = mu + exp(logvar/2) eps`` -> per-row KL,
     with the arguments and results of :func:`cmath_fast.reference.variational_fusion_ref`.
 
-    ``eps=None`` in training draws the noise inside the kernel (Philox, seed from torch's CPU
-    generator, so ``torch.manual_seed`` reproduces it) and regenerates it in backward; it is
-    never stored, unless ``return_eps=True`` (debug), which also returns it: (z, kl, eps).
+    ``eps=None`` in training draws the noise inside the kernel (Philox, its seed drawn on e's
+    device from torch's generator, so ``torch.manual_seed`` reproduces it, and never read on the
+    host) and regenerates it in backward; it is never stored, unless ``return_eps=True`` (debug),
+    which also returns it: (z, kl, eps). Under ``torch.autocast`` the inputs are cast to the
+    autocast dtype, as matmul-class ops are.
     """
+    e, weight, bias = autocast_inputs(e, weight, bias)
     check_tensor("e", e, ndim=2, floating=True)
     kernel_dtype("e", e)
     check_device("e", e)
@@ -95,7 +95,7 @@ def variational_fusion(e: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         e = e.contiguous()
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
-    seed = philox_seed() if training and eps is None else 0
+    seed = philox_seed(e.device) if training and eps is None else None
     with nvtx_range("op/variational_fusion"):
         out = VariationalFusionFunction.apply(e, weight, bias, eps, row_mask, bool(training),
                                               float(logvar_clamp), seed, bool(return_eps))
@@ -107,29 +107,25 @@ def variational_fusion(e: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
 class PoEFusionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, eps, row_mask, training, logvar_clamp, seed, return_eps):
-        from ..kernels.variational_fusion import poe_fusion_fwd
-
         ctx.set_materialize_grads(False)
-        z, kl, drawn = poe_fusion_fwd(mu, logvar, eps, row_mask, training, logvar_clamp, seed, return_eps)
-        ctx.save_for_backward(mu, logvar, eps, row_mask)
-        ctx.cfg = (training, logvar_clamp, seed)
+        z, kl, drawn = op("poe_fwd")(mu, logvar, eps, row_mask, seed, training, logvar_clamp, return_eps)
+        ctx.save_for_backward(mu, logvar, eps, row_mask, seed)
+        ctx.cfg = (training, logvar_clamp)
         kl = kl.to(mu.dtype)
-        if drawn is not None:
+        if training and eps is None and return_eps:
             ctx.mark_non_differentiable(drawn)
             return z, kl, drawn
         return z, kl
 
     @staticmethod
     def backward(ctx, dz, dkl, *_):
-        from ..kernels.variational_fusion import poe_fusion_bwd
-
-        mu, logvar, eps, row_mask = ctx.saved_tensors
-        training, logvar_clamp, seed = ctx.cfg
+        mu, logvar, eps, row_mask, seed = ctx.saved_tensors
+        training, logvar_clamp = ctx.cfg
         if dz is None and dkl is None:
             return (None,) * 8
-        dmu, dlv = poe_fusion_bwd(mu, logvar, dz.contiguous() if dz is not None else None,
-                                  dkl.contiguous() if dkl is not None else None, eps, row_mask,
-                                  training, logvar_clamp, seed)
+        dmu, dlv = op("poe_bwd")(mu, logvar, dz.contiguous() if dz is not None else None,
+                                 dkl.contiguous() if dkl is not None else None, eps, row_mask, seed,
+                                 training, logvar_clamp)
         return dmu, dlv, None, None, None, None, None, None
 
 
@@ -138,6 +134,7 @@ def poe_fusion(mu: torch.Tensor, logvar: torch.Tensor, *, eps: Optional[torch.Te
                logvar_clamp: float = 10.0, return_eps: bool = False):
     """Fused product of M Gaussian experts (M, N, d_z) and the N(0, I) prior, then sampling and
     KL: the arguments and results of :func:`cmath_fast.reference.poe_fusion_ref`."""
+    mu, logvar = autocast_inputs(mu, logvar)
     check_tensor("mu", mu, ndim=3, floating=True)
     kernel_dtype("mu", mu)
     check_device("mu", mu)
@@ -147,7 +144,7 @@ def poe_fusion(mu: torch.Tensor, logvar: torch.Tensor, *, eps: Optional[torch.Te
     M, N, d_z = mu.shape
     eps = _check_eps(eps, (N, d_z), mu.device) if training else None
     row_mask = _check_rows("row_mask", row_mask, N, mu.device)
-    seed = philox_seed() if training and eps is None else 0
+    seed = philox_seed(mu.device) if training and eps is None else None
     with nvtx_range("op/poe_fusion"):
         out = PoEFusionFunction.apply(mu.contiguous(), logvar.contiguous(), eps, row_mask,
                                       bool(training), float(logvar_clamp), seed, bool(return_eps))

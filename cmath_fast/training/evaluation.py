@@ -9,6 +9,7 @@ import torch
 
 from ..data.dataset import Dialogue, iterate_batches
 from ..model import CMATH
+from ..step import autocast_context
 from .errors import explain_oom
 
 def metrics_from(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict:
@@ -26,13 +27,16 @@ def metrics_from(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[s
 
 
 @torch.no_grad()
-def predict_dialogues(model: CMATH, dialogues: Sequence[Dialogue], batch_size: int, device: str):
-    """-> list of (dialogue, probabilities (L, C) numpy) in the order given."""
+def predict_dialogues(model: CMATH, dialogues: Sequence[Dialogue], batch_size: int, device: str,
+                      precision: str = "fp32"):
+    """-> list of (dialogue, probabilities (L, C) numpy) in the order given. ``precision``: as the
+    model was trained (cmath_fast.step.PRECISIONS); the features are cast to the weights' dtype."""
     model.eval()
     out = []
+    feat_dtype = model.coarse_head.weight.dtype
     for batch in iterate_batches(dialogues, batch_size):
-        b = batch.to(device)
-        with explain_oom(batch, device):
+        b = batch.to(device, feat_dtype)
+        with explain_oom(batch, device), autocast_context(precision, torch.device(device).type):
             probs = torch.softmax(model(*b.inputs()).logits.float(), dim=-1).cpu().numpy()
         for i, vid in enumerate(batch.ids):
             n = int(batch.lengths[i])
@@ -42,8 +46,8 @@ def predict_dialogues(model: CMATH, dialogues: Sequence[Dialogue], batch_size: i
 
 
 def evaluate_model(model: CMATH, dialogues: Sequence[Dialogue], batch_size: int, device: str,
-                   class_names: Sequence[str]) -> dict:
-    preds = predict_dialogues(model, dialogues, batch_size, device)
+                   class_names: Sequence[str], precision: str = "fp32") -> dict:
+    preds = predict_dialogues(model, dialogues, batch_size, device, precision)
     y_true = np.concatenate([d.labels for d, _ in preds]) if preds else np.zeros(0, dtype=np.int64)
     y_pred = np.concatenate([p.argmax(-1) for _, p in preds]) if preds else np.zeros(0, dtype=np.int64)
     result = metrics_from(y_true, y_pred, class_names)

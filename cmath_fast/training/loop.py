@@ -24,7 +24,7 @@ from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
 from ..data.dataset import MERData, feature_stats, iterate_batches, num_batches
 from ..io import atomic_write_text
 from ..model import CMATH
-from ..step import train_step
+from ..step import make_grad_scaler, train_step, weight_dtype
 from .checkpoints import flatten_optimizer, load_weights, read_checkpoint, save_model, unflatten_optimizer
 from .errors import NonFiniteLossError, explain_oom
 from .evaluation import confusion_matrix_of, evaluate_model, public
@@ -91,9 +91,11 @@ def _train_one(cfg, data, opts, out_dir, log):
             log(f"--resume: no usable checkpoint in {out_dir} (no last.safetensors); starting a new run")
 
     torch.manual_seed(opts.seed)
+    precision = opts.resolved_precision()
     model = CMATH(cfg, backend=opts.backend)
     model.set_feature_stats(feature_stats(train_d))
-    model.to(opts.device)
+    model.to(device=opts.device, dtype=weight_dtype(precision))
+    scaler = make_grad_scaler(precision, torch.device(opts.device).type)
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     shuffle_gen = torch.Generator().manual_seed(opts.seed)
     history: List[dict] = []
@@ -126,10 +128,10 @@ def _train_one(cfg, data, opts, out_dir, log):
         bar = _progress(n_steps, f"epoch {epoch}", progress)
         for step, batch in enumerate(iterate_batches(train_d, opts.batch_size, shuffle=True,
                                                      generator=shuffle_gen)):
-            b = batch.to(opts.device)
+            b = batch.to(opts.device, weight_dtype(precision))
             with explain_oom(batch, opts.device):
                 total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
-                                          skip_nonfinite=skip)
+                                          skip_nonfinite=skip, precision=precision, scaler=scaler)
             values = {k: float(v) for k, v in terms.items()}
             if not math.isfinite(values["total"]):
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
@@ -149,8 +151,8 @@ def _train_one(cfg, data, opts, out_dir, log):
             bar.update(1)
             bar.set_postfix(loss=f"{values['total']:.3f}")
         bar.close()
-        sel = evaluate_model(model, select_d, opts.batch_size, opts.device, names)
-        tst = evaluate_model(model, test_d, opts.batch_size, opts.device, names) if test_d else sel
+        sel = evaluate_model(model, select_d, opts.batch_size, opts.device, names, precision)
+        tst = evaluate_model(model, test_d, opts.batch_size, opts.device, names, precision) if test_d else sel
         row = {"epoch": epoch, "train_loss": sums.get("total", 0.0) / max(n_done, 1)}
         row.update({f"train_{k}": v / max(n_done, 1) for k, v in sums.items() if k != "total"})
         row.update({"select_accuracy": sel["accuracy"], "select_weighted_f1": sel["weighted_f1"],

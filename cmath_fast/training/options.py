@@ -22,6 +22,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
+    precision: str = "auto"  # fp32 | bf16-mixed | fp16-mixed | bf16; auto: bf16-mixed on CUDA, else fp32
     resume: bool = False
     override: bool = False  # with resume: continue although settings differ (recorded in the folder)
     progress: bool = True
@@ -31,6 +32,10 @@ class TrainOptions:
     protocol_overrides: Tuple[str, ...] = ()  # settings given explicitly over the protocol's
     on_nonfinite: str = "stop"  # a non-finite loss: "stop" the run, or "skip" the step
     stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
+
+    def resolved_precision(self) -> str:
+        from ..step import default_precision
+        return default_precision(self.device) if self.precision == "auto" else self.precision
 
     def validate(self) -> None:
         if self.select_on not in SELECTION_TEXT:
@@ -42,6 +47,9 @@ class TrainOptions:
             raise ValueError(f"--lr: expected > 0, got {self.lr}")
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise ValueError(f"--clip-grad-norm: expected >= 0 (0 = off), got {self.max_grad_norm}")
+        if self.precision != "auto":
+            from ..step import check_precision
+            check_precision(self.precision)
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"--on-nonfinite: expected 'stop' or 'skip', got {self.on_nonfinite!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)):

@@ -18,7 +18,7 @@ def _cma():
 
 def cma_fwd(dtype, bm, bn, bd, gates=True, dropout=True, joint=False, S=3, even_d=True):
     ptr = {n: TYPES[dtype] for n in ("Q", "K", "V", "G", "O", "OU")}
-    ptr.update(LSE="*fp32", QLEN="*i32", KVLEN="*i32")
+    ptr.update(LSE="*fp32", QLEN="*i32", KVLEN="*i32", SEED="*i64")
     const = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_D=even_d, HAS_GATES=gates,
                  STORE_UNGATED=gates, JOINT=joint, HAS_DROPOUT=dropout, UPCAST=dtype == "fp32",
                  PRECISION="ieee" if dtype == "fp32" else "tf32")
@@ -29,7 +29,7 @@ def cma_bwd(which, dtype, bm, bn, bd, dropout=True, joint=False, S=3):
     cma = _cma()
     kernel = cma._cma_bwd_dkdv_kernel if which == "dkdv" else cma._cma_bwd_dq_kernel
     ptr = {n: TYPES[dtype] for n in ("Q", "K", "V", "DO", "DK", "DV", "DQ")}
-    ptr.update(LSE="*fp32", DELTA="*fp32", QLEN="*i32", KVLEN="*i32")
+    ptr.update(LSE="*fp32", DELTA="*fp32", QLEN="*i32", KVLEN="*i32", SEED="*i64")
     const = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, JOINT=joint, HAS_DROPOUT=dropout,
                  UPCAST=dtype == "fp32", PRECISION="ieee" if dtype == "fp32" else "tf32")
     return kernel, ptr, const
@@ -87,7 +87,7 @@ def attention_cases():
         for which in ("dkdv", "dq"):
             cases[f"{which}-bf16-64x64-d64-joint"] = cma_bwd(which, "bf16", 64, 64, 64, joint=True) + (4, 2)
             cases[f"{which}-fp32-32x32-d32"] = cma_bwd(which, "fp32", 32, 32, 32) + (4, 2)
-    cases["dropout-mask"] = (_cma()._cma_dropout_mask_kernel, {"MASK": "*i8"},
+    cases["dropout-mask"] = (_cma()._cma_dropout_mask_kernel, {"MASK": "*i8", "SEED": "*i64"},
                              dict(S=3, BLOCK_M=32, BLOCK_N=32), 4, 2)
     return cases
 

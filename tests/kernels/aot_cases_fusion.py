@@ -11,7 +11,7 @@ def _vf():
 
 def vf_fwd(dtype, bn, bz, bk, sample=True, has_eps=False):
     ptr = {"E": TYPES[dtype], "W": TYPES[dtype], "BIAS": TYPES[dtype], "EPS": "*fp32", "Z": TYPES[dtype],
-           "HOUT": "*fp32", "KLP": "*fp32", "ROWMASK": "*u8"}
+           "HOUT": "*fp32", "KLP": "*fp32", "ROWMASK": "*u8", "SEED": "*i64"}
     const = dict(BLOCK_N=bn, BLOCK_Z=bz, BLOCK_K=bk, HAS_BIAS=True, HAS_EPS=has_eps, SAMPLE=sample,
                  RETURN_EPS=not has_eps, SAVE_H=True, HAS_ROWMASK=True, UPCAST=dtype == "fp32",
                  PRECISION="ieee" if dtype == "fp32" else "tf32")
@@ -20,7 +20,7 @@ def vf_fwd(dtype, bn, bz, bk, sample=True, has_eps=False):
 
 def vf_bwd(dtype, bn, bz):
     ptr = {"HSAVED": "*fp32", "DZ": TYPES[dtype], "DKL": TYPES[dtype], "EPS": "*fp32", "ROWMASK": "*u8",
-           "DH": TYPES[dtype]}
+           "DH": TYPES[dtype], "SEED": "*i64"}
     const = dict(BLOCK_N=bn, BLOCK_Z=bz, HAS_DZ=True, HAS_DKL=True, HAS_EPS=False, SAMPLE=True,
                  HAS_ROWMASK=True)
     return _vf()._vf_bwd_kernel, ptr, const
@@ -30,12 +30,12 @@ def poe(kind, dtype, bn, bz, M=3):
     vf = _vf()
     if kind == "fwd":
         ptr = {"MU": TYPES[dtype], "LV": TYPES[dtype], "EPS": "*fp32", "Z": TYPES[dtype], "KLP": "*fp32",
-               "ROWMASK": "*u8"}
+               "ROWMASK": "*u8", "SEED": "*i64"}
         const = dict(M=M, BLOCK_N=bn, BLOCK_Z=bz, HAS_EPS=False, SAMPLE=True, RETURN_EPS=True,
                      HAS_ROWMASK=True)
         return vf._poe_fwd_kernel, ptr, const
     ptr = {"MU": TYPES[dtype], "LV": TYPES[dtype], "DZ": TYPES[dtype], "DKL": TYPES[dtype], "EPS": "*fp32",
-           "ROWMASK": "*u8", "DMU": TYPES[dtype], "DLV": TYPES[dtype]}
+           "ROWMASK": "*u8", "DMU": TYPES[dtype], "DLV": TYPES[dtype], "SEED": "*i64"}
     const = dict(M=M, BLOCK_N=bn, BLOCK_Z=bz, HAS_DZ=True, HAS_DKL=True, HAS_EPS=False, SAMPLE=True,
                  HAS_ROWMASK=True)
     return vf._poe_bwd_kernel, ptr, const

@@ -1,0 +1,158 @@
+"""The fused kernels as PyTorch custom operators: ``torch.ops.cmath_fast.<name>``.
+
+Each operator is defined with a schema (``Library.define``), implemented once for every device
+(``CompositeExplicitAutograd``: the launchers of ``cmath_fast.kernels``, on CUDA or under Triton's
+CPU interpreter) and given a fake implementation (``register_fake``) that computes only shapes and
+dtypes, so that torch.compile and torch.export trace through them without running a kernel.
+Autograd stays in the autograd.Functions of ``cmath_fast.ops`` around these operators: that costs
+one Python call per op, where ``torch.library.custom_op`` with ``register_autograd`` costs tens of
+microseconds more on the host per call (measured in the README).
+
+Operators (optional outputs that were not asked for come back as empty tensors):
+    cma_fwd(q, k, v, gates?, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated)
+        -> (out (B, Lq, S, H, dh), out_ungated or empty, lse (B, S, H, Lq) fp32)
+    cma_bwd(dout, q, k, v, out, out_u, lse, gates?, q_len, kv_len, seed, sm_scale, dropout_p, joint)
+        -> (dq, dkv (S, B, Lk, 2, H, dh): dk and dv packed, dgates fp32 or empty)
+    vf_fwd(e, weight, bias?, eps?, row_mask?, seed, training, logvar_clamp, return_eps, save_h)
+        -> (z, kl (N,) fp32, [mu | logvar_raw] (N, 2 d_z) fp32 or empty, drawn noise or empty)
+    vf_bwd(h, dz?, dkl?, eps?, row_mask?, seed, training, logvar_clamp, out_dtype) -> d[mu | lv]
+    poe_fwd(mu, logvar, eps?, row_mask?, seed, training, logvar_clamp, return_eps)
+        -> (z, kl (N,) fp32, drawn noise or empty)
+    poe_bwd(mu, logvar, dz?, dkl?, eps?, row_mask?, seed, training, logvar_clamp) -> (dmu, dlogvar)
+``seed`` is a (1,) int64 tensor on the op's device, drawn from torch's generator for that device
+and read by the kernels through a pointer: it never crosses to the host, so a captured CUDA graph
+draws fresh masks and noise on every replay.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+NAMESPACE = "cmath_fast"
+
+
+def library_status() -> Tuple[bool, str]:
+    """(registered, reason): torch >= 2.4 has ``torch.library.register_fake``."""
+    if not hasattr(torch.library, "register_fake"):
+        return False, (f"torch {torch.__version__} has no torch.library.register_fake (needs >= 2.4): the "
+                       f"fused ops run eagerly, but torch.compile cannot trace them")
+    return True, "custom operators torch.ops.cmath_fast.* registered"
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0,))
+
+
+# ------------------------------------------------------------------------------ implementations
+def _cma_fwd(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated):
+    from ..kernels.cross_modal_attention import cross_modal_attention_fwd
+    out, out_u, lse = cross_modal_attention_fwd(q, k, v, q_len, kv_len, gates, sm_scale, dropout_p, seed,
+                                                joint, store_ungated)
+    return out, (out_u if out_u is not None else _empty(q)), lse
+
+
+def _cma_fwd_fake(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated):
+    B, Lq, H, dh = q.shape
+    S = k.shape[0]
+    out = q.new_empty((B, Lq, S, H, dh))
+    out_u = q.new_empty((B, Lq, S, H, dh)) if (gates is not None and store_ungated) else _empty(q)
+    return out, out_u, q.new_empty((B, S, H, Lq), dtype=torch.float32)
+
+
+def _cma_bwd(dout, q, k, v, out, out_u, lse, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint):
+    from ..kernels.cross_modal_attention import cross_modal_attention_bwd
+    S, B, Lk, H, dh = k.shape
+    dkv = k.new_empty((S, B, Lk, 2, H, dh))
+    dq, _, _, dg = cross_modal_attention_bwd(
+        dout, q, k, v, out, out_u if out_u.numel() else None, lse, gates, q_len, kv_len, sm_scale,
+        dropout_p, seed, joint, dk=dkv[:, :, :, 0], dv=dkv[:, :, :, 1])
+    return dq, dkv, (dg if dg is not None else _empty(lse))
+
+
+def _cma_bwd_fake(dout, q, k, v, out, out_u, lse, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint):
+    S, B, Lk, H, dh = k.shape
+    dg = q.new_empty(tuple(gates.shape), dtype=torch.float32) if gates is not None else _empty(lse)
+    return q.new_empty(tuple(q.shape)), k.new_empty((S, B, Lk, 2, H, dh)), dg
+
+
+def _vf_fwd(e, weight, bias, eps, row_mask, seed, training, logvar_clamp, return_eps, save_h):
+    from ..kernels.variational_fusion import variational_fusion_fwd
+    z, kl, h, drawn = variational_fusion_fwd(e, weight, bias, eps, row_mask, training, logvar_clamp,
+                                             seed, return_eps, save_h)
+    f32 = e.new_empty((0,), dtype=torch.float32)
+    return z, kl, (h if h is not None else f32), (drawn if drawn is not None else f32)
+
+
+def _vf_fwd_fake(e, weight, bias, eps, row_mask, seed, training, logvar_clamp, return_eps, save_h):
+    N, d_z = e.shape[0], weight.shape[0] // 2
+    f32 = dict(dtype=torch.float32)
+    h = e.new_empty((N, 2 * d_z), **f32) if save_h else e.new_empty((0,), **f32)
+    drawn = e.new_empty((N, d_z), **f32) if (training and eps is None and return_eps) else e.new_empty((0,), **f32)
+    return e.new_empty((N, d_z)), e.new_empty((N,), **f32), h, drawn
+
+
+def _vf_bwd(h, dz, dkl, eps, row_mask, seed, training, logvar_clamp, out_dtype):
+    from ..kernels.variational_fusion import variational_fusion_bwd_dh
+    return variational_fusion_bwd_dh(h, dz, dkl, eps, row_mask, training, logvar_clamp, seed, out_dtype)
+
+
+def _vf_bwd_fake(h, dz, dkl, eps, row_mask, seed, training, logvar_clamp, out_dtype):
+    return h.new_empty(tuple(h.shape), dtype=out_dtype)
+
+
+def _poe_fwd(mu, logvar, eps, row_mask, seed, training, logvar_clamp, return_eps):
+    from ..kernels.variational_fusion import poe_fusion_fwd
+    z, kl, drawn = poe_fusion_fwd(mu, logvar, eps, row_mask, training, logvar_clamp, seed, return_eps)
+    return z, kl, (drawn if drawn is not None else mu.new_empty((0,), dtype=torch.float32))
+
+
+def _poe_fwd_fake(mu, logvar, eps, row_mask, seed, training, logvar_clamp, return_eps):
+    M, N, d_z = mu.shape
+    f32 = dict(dtype=torch.float32)
+    drawn = mu.new_empty((N, d_z), **f32) if (training and eps is None and return_eps) else mu.new_empty((0,), **f32)
+    return mu.new_empty((N, d_z)), mu.new_empty((N,), **f32), drawn
+
+
+def _poe_bwd(mu, logvar, dz, dkl, eps, row_mask, seed, training, logvar_clamp):
+    from ..kernels.variational_fusion import poe_fusion_bwd
+    return poe_fusion_bwd(mu, logvar, dz, dkl, eps, row_mask, training, logvar_clamp, seed)
+
+
+def _poe_bwd_fake(mu, logvar, dz, dkl, eps, row_mask, seed, training, logvar_clamp):
+    return mu.new_empty(tuple(mu.shape)), logvar.new_empty(tuple(logvar.shape))
+
+
+SCHEMAS = {
+    "cma_fwd": ("(Tensor q, Tensor k, Tensor v, Tensor? gates, Tensor q_len, Tensor kv_len, Tensor? seed, "
+                "float sm_scale, float dropout_p, bool joint, bool store_ungated) -> (Tensor, Tensor, Tensor)",
+                _cma_fwd, _cma_fwd_fake),
+    "cma_bwd": ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor out_u, Tensor lse, "
+                "Tensor? gates, Tensor q_len, Tensor kv_len, Tensor? seed, float sm_scale, float dropout_p, "
+                "bool joint) -> (Tensor, Tensor, Tensor)", _cma_bwd, _cma_bwd_fake),
+    "vf_fwd": ("(Tensor e, Tensor weight, Tensor? bias, Tensor? eps, Tensor? row_mask, Tensor? seed, "
+               "bool training, float logvar_clamp, bool return_eps, bool save_h) -> (Tensor, Tensor, Tensor, Tensor)",
+               _vf_fwd, _vf_fwd_fake),
+    "vf_bwd": ("(Tensor h, Tensor? dz, Tensor? dkl, Tensor? eps, Tensor? row_mask, Tensor? seed, bool training, "
+               "float logvar_clamp, ScalarType out_dtype) -> Tensor", _vf_bwd, _vf_bwd_fake),
+    "poe_fwd": ("(Tensor mu, Tensor logvar, Tensor? eps, Tensor? row_mask, Tensor? seed, bool training, "
+                "float logvar_clamp, bool return_eps) -> (Tensor, Tensor, Tensor)", _poe_fwd, _poe_fwd_fake),
+    "poe_bwd": ("(Tensor mu, Tensor logvar, Tensor? dz, Tensor? dkl, Tensor? eps, Tensor? row_mask, Tensor? seed, "
+                "bool training, float logvar_clamp) -> (Tensor, Tensor)", _poe_bwd, _poe_bwd_fake),
+}
+
+_REGISTERED, REASON = library_status()
+if _REGISTERED:
+    _LIB = torch.library.Library(NAMESPACE, "DEF")
+    for _name, (_schema, _impl, _fake) in SCHEMAS.items():
+        _LIB.define(_name + _schema)
+        _LIB.impl(_name, _impl, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{NAMESPACE}::{_name}", _fake, lib=_LIB)
+
+
+def op(name: str):
+    """The operator ``torch.ops.cmath_fast.<name>``, or (torch < 2.4) its plain implementation."""
+    if _REGISTERED:
+        return getattr(torch.ops.cmath_fast, name)
+    return SCHEMAS[name][1]
