@@ -18,7 +18,11 @@ from .shapes import AttentionShape
 
 ATTENTION_PROVIDERS = ("eager", "sdpa", "varlen_fa2", "flex", "xformers", "triton")
 FUSION_PROVIDERS = ("eager", "compile", "triton")
-MODEL_PROVIDERS = ("eager", "compile", "triton")
+# eager / compile: the reference model, as is and under torch.compile; triton: the fused model;
+# triton_compile: the fused model under torch.compile (its kernels are custom operators).
+MODEL_PROVIDERS = ("eager", "compile", "triton", "triton_compile")
+# bf16: bf16 weights and features; bf16-mixed: fp32 weights under torch.autocast(bfloat16).
+MODEL_PRECISIONS = ("bf16", "bf16-mixed")
 
 
 class Unavailable(RuntimeError):

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reproduce the GPU numbers in one command: bash bench/reproduce.sh [quick|full] [OUT_DIR]
+#
+# quick (fits in about 8 minutes on an H100/H200, compiles included): the GPU tests, the first-step
+# JIT time per preset, one CMA layer's attention at R1-d1024 by every provider, and the iemocap
+# training step and inference (eager, torch.compile, ours, ours under torch.compile) under bf16
+# autocast. full: the GPU tests and the whole benchmark suite (no time limit).
+# Writes OUT_DIR/{env.txt, gpu-tests.log, first-step.txt, bench.log, results.csv, report.md} and
+# prints the report table last. Works without network: it installs nothing from outside.
+set -uo pipefail
+mode=${1:-quick}
+cd "$(dirname "$0")/.."
+out=${2:-bench/results/run-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 CMATH_FAST_BENCH_CSV="$out/results.csv"
+py=${PYTHON:-python3}
+
+# The package: installed as it is, or editable without build isolation (offline), or else the
+# repo on PYTHONPATH with kernels/ linked where the package expects it.
+if ! $py -c "import cmath_fast.kernels" 2>/dev/null; then
+  if ! $py -m pip install -q --no-build-isolation --no-deps -e . >"$out/install.log" 2>&1; then
+    ln -sfn ../kernels cmath_fast/kernels
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
+$py -m cmath_fast.cli env | tee "$out/env.txt"
+
+timeouts=""
+[ "$mode" = quick ] && timeouts="-p timeout --timeout 240"
+if [ "$mode" = quick ]; then
+  timeout 300 $py -m pytest -q -p no:cacheprovider $timeouts tests -m cuda 2>&1 | tee "$out/gpu-tests.log"
+  timeout 90 $py bench/first_step.py 2>&1 | tee "$out/first-step.txt"
+  timeout 330 $py -m pytest -q -p no:cacheprovider $timeouts bench \
+    -k "(test_attention and R1-d1024 and fwd+bwd and bf16) or (test_model_step and iemocap-d1024 and bf16-mixed)" \
+    2>&1 | tee "$out/bench.log"
+else
+  $py -m pytest -q -p no:cacheprovider tests -m cuda 2>&1 | tee "$out/gpu-tests.log"
+  $py bench/first_step.py 2>&1 | tee "$out/first-step.txt"
+  $py -m pytest -q -p no:cacheprovider bench 2>&1 | tee "$out/bench.log"
+fi
+if [ -s "$out/results.csv" ]; then
+  $py -m cmath_fast.cli bench report "$out/results.csv" --out /tmp/cmath-report >/dev/null 2>&1 \
+    && cp /tmp/cmath-report/report.md "$out/report.md"
+  echo "== results =="
+  cat "$out/report.md" 2>/dev/null || cat "$out/results.csv"
+fi
