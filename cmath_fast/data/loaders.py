@@ -72,13 +72,20 @@ def load_features(path: str) -> MERData:
         raise DataError(f"{path}: no such file")
     with open(path, "rb") as fh:
         raw = fh.read()
-    if is_safetensors(raw[:16]):
-        from .native import load_native
-        data = load_native(path)
-    elif raw[:1] == b"\x80" or raw[:1] in (b"(", b"]", b"}"):
-        data = parse_pickle(_unpickle(raw, path), path)
-    else:
-        raise DataError(f"{path}: neither a pickle nor a cmath-fast safetensors feature file")
+    try:
+        if is_safetensors(raw[:16]):
+            from .native import load_native
+            data = load_native(path)
+        elif raw[:1] == b"\x80" or raw[:1] in (b"(", b"]", b"}"):
+            data = parse_pickle(_unpickle(raw, path), path)
+        else:
+            raise DataError(f"{path}: neither a pickle nor a cmath-fast safetensors feature file")
+    except DataError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        # A structure no check above anticipated: still one line, naming the file.
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"{path}: unexpected content for a feature file ({type(exc).__name__}: {detail})") from None
     try:
         data.validate()
     except DataError as exc:
@@ -133,7 +140,12 @@ def parse_pickle(obj: Any, path: str = "<pickle>") -> MERData:
         if not isinstance(ids, (list, tuple, set, frozenset, np.ndarray)):
             raise DataError(f"{path}: the {name} split should be a list or set of dialogue ids, got "
                             f"{type(ids).__name__}")
-        splits[name] = sorted((_plain(i) for i in ids), key=_sort_key)
+        split_ids = [_plain(i) for i in ids]
+        bad = next((i for i in split_ids if not isinstance(i, (str, int, float))), None)
+        if bad is not None:
+            raise DataError(f"{path}: the {name} split should hold dialogue ids (strings or numbers), got "
+                            f"a {type(bad).__name__}")
+        splits[name] = sorted(split_ids, key=_sort_key)
 
     num_speakers = 2 if dataset == "iemocap" else 0
     dialogues: Dict[Any, Dialogue] = {}
