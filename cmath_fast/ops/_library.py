@@ -81,8 +81,9 @@ def _vf_fwd(e, weight, bias, eps, row_mask, seed, training, logvar_clamp, return
     from ..kernels.variational_fusion import variational_fusion_fwd
     z, kl, h, drawn = variational_fusion_fwd(e, weight, bias, eps, row_mask, training, logvar_clamp,
                                              seed, return_eps, save_h)
-    f32 = e.new_empty((0,), dtype=torch.float32)
-    return z, kl, (h if h is not None else f32), (drawn if drawn is not None else f32)
+    # two distinct empties: outputs of a custom operator must not alias each other
+    return (z, kl, h if h is not None else e.new_empty((0,), dtype=torch.float32),
+            drawn if drawn is not None else e.new_empty((0,), dtype=torch.float32))
 
 
 def _vf_fwd_fake(e, weight, bias, eps, row_mask, seed, training, logvar_clamp, return_eps, save_h):
