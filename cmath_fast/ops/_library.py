@@ -45,9 +45,23 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((0,))
 
 
+def _dense(*ts):
+    """The kernels address these tensors from their shapes: make sure they are contiguous here, at
+    run time. (Under torch.compile the real tensors an operator receives may be laid out otherwise
+    than the fake ones its wrapper saw, so a ``.contiguous()`` before the call is not enough.)"""
+    return tuple(t.contiguous() if t is not None and not t.is_contiguous() else t for t in ts)
+
+
+def _last_dim_dense(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 # ------------------------------------------------------------------------------ implementations
 def _cma_fwd(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated):
     from ..kernels.cross_modal_attention import cross_modal_attention_fwd
+    q, (gates,) = _last_dim_dense(q), _dense(gates)
+    if k.stride() != v.stride() or k.stride(-1) != 1:
+        k, v = k.contiguous(), v.contiguous()
     out, out_u, lse = cross_modal_attention_fwd(q, k, v, q_len, kv_len, gates, sm_scale, dropout_p, seed,
                                                 joint, store_ungated)
     return out, (out_u if out_u is not None else _empty(q)), lse
@@ -63,6 +77,10 @@ def _cma_fwd_fake(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, join
 
 def _cma_bwd(dout, q, k, v, out, out_u, lse, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint):
     from ..kernels.cross_modal_attention import cross_modal_attention_bwd
+    q = _last_dim_dense(q)
+    out, out_u, lse, gates = _dense(out, out_u, lse, gates)
+    if k.stride() != v.stride() or k.stride(-1) != 1:
+        k, v = k.contiguous(), v.contiguous()
     S, B, Lk, H, dh = k.shape
     dkv = k.new_empty((S, B, Lk, 2, H, dh))
     dq, _, _, dg = cross_modal_attention_bwd(
@@ -79,6 +97,8 @@ def _cma_bwd_fake(dout, q, k, v, out, out_u, lse, gates, q_len, kv_len, seed, sm
 
 def _vf_fwd(e, weight, bias, eps, row_mask, seed, training, logvar_clamp, return_eps, save_h):
     from ..kernels.variational_fusion import variational_fusion_fwd
+    e, weight = _last_dim_dense(e), _last_dim_dense(weight)
+    bias, eps, row_mask = _dense(bias, eps, row_mask)
     z, kl, h, drawn = variational_fusion_fwd(e, weight, bias, eps, row_mask, training, logvar_clamp,
                                              seed, return_eps, save_h)
     # two distinct empties: outputs of a custom operator must not alias each other
@@ -96,6 +116,7 @@ def _vf_fwd_fake(e, weight, bias, eps, row_mask, seed, training, logvar_clamp, r
 
 def _vf_bwd(h, dz, dkl, eps, row_mask, seed, training, logvar_clamp, out_dtype):
     from ..kernels.variational_fusion import variational_fusion_bwd_dh
+    h, dz, dkl, eps, row_mask = _dense(h, dz, dkl, eps, row_mask)
     return variational_fusion_bwd_dh(h, dz, dkl, eps, row_mask, training, logvar_clamp, seed, out_dtype)
 
 
@@ -105,6 +126,7 @@ def _vf_bwd_fake(h, dz, dkl, eps, row_mask, seed, training, logvar_clamp, out_dt
 
 def _poe_fwd(mu, logvar, eps, row_mask, seed, training, logvar_clamp, return_eps):
     from ..kernels.variational_fusion import poe_fusion_fwd
+    mu, logvar, eps, row_mask = _dense(mu, logvar, eps, row_mask)
     z, kl, drawn = poe_fusion_fwd(mu, logvar, eps, row_mask, training, logvar_clamp, seed, return_eps)
     return z, kl, (drawn if drawn is not None else mu.new_empty((0,), dtype=torch.float32))
 
@@ -118,6 +140,7 @@ def _poe_fwd_fake(mu, logvar, eps, row_mask, seed, training, logvar_clamp, retur
 
 def _poe_bwd(mu, logvar, dz, dkl, eps, row_mask, seed, training, logvar_clamp):
     from ..kernels.variational_fusion import poe_fusion_bwd
+    mu, logvar, dz, dkl, eps, row_mask = _dense(mu, logvar, dz, dkl, eps, row_mask)
     return poe_fusion_bwd(mu, logvar, dz, dkl, eps, row_mask, training, logvar_clamp, seed)
 
 
@@ -146,8 +169,11 @@ SCHEMAS = {
 _REGISTERED, REASON = library_status()
 if _REGISTERED:
     _LIB = torch.library.Library(NAMESPACE, "DEF")
+    # needs_fixed_stride_order: Inductor hands the operators tensors with the strides they had when
+    # traced, rather than any layout it prefers.
+    _TAGS = (torch.Tag.needs_fixed_stride_order,) if hasattr(torch.Tag, "needs_fixed_stride_order") else ()
     for _name, (_schema, _impl, _fake) in SCHEMAS.items():
-        _LIB.define(_name + _schema)
+        _LIB.define(_name + _schema, tags=_TAGS)
         _LIB.impl(_name, _impl, "CompositeExplicitAutograd")
         torch.library.register_fake(f"{NAMESPACE}::{_name}", _fake, lib=_LIB)
 
