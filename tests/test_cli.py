@@ -28,3 +28,12 @@ def test_console_entry_point_runs():
     res = subprocess.run([sys.executable, "-m", "cmath_fast.cli", "env"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "backend torch" in res.stdout
+
+
+def test_warmup_without_cuda_says_so(capsys):
+    import torch
+    if torch.cuda.is_available():
+        import pytest
+        pytest.skip("a CUDA device is present: warmup would run")
+    assert main(["warmup", "--preset", "tiny"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

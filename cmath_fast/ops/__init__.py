@@ -3,11 +3,12 @@
 reference in ``cmath_fast.reference``; ``cross_modal_attention_packed`` is the form with keys and
 values packed in one tensor that the model calls."""
 
+from ..kernels.configs import LENGTH_BUCKETS
 from .cross_modal_attention import (CrossModalAttentionFunction, PackedKVAttentionFunction,
                                     cross_modal_attention, cross_modal_attention_packed)
 from .variational_fusion import (PoEFusionFunction, VariationalFusionFunction, poe_fusion,
                                  variational_fusion)
 
-__all__ = ["CrossModalAttentionFunction", "PackedKVAttentionFunction", "cross_modal_attention",
+__all__ = ["LENGTH_BUCKETS", "CrossModalAttentionFunction", "PackedKVAttentionFunction", "cross_modal_attention",
            "cross_modal_attention_packed", "VariationalFusionFunction", "variational_fusion",
            "PoEFusionFunction", "poe_fusion"]

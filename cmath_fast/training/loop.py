@@ -53,6 +53,18 @@ def _summary_line(row: dict, opts: TrainOptions) -> str:
             f"{row['seconds']:.1f}s  [{protocol_label(opts)}]")
 
 
+def make_optimizer(model: CMATH, opts: TrainOptions) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay (the lineage's optimiser); on CUDA its fused, capturable form (one
+    kernel per step, its step counter on the device), with the same math."""
+    kwargs = dict(lr=opts.lr, weight_decay=opts.weight_decay)
+    if torch.device(opts.device).type == "cuda":
+        try:
+            return torch.optim.Adam(model.parameters(), fused=True, capturable=True, **kwargs)
+        except (TypeError, RuntimeError, ValueError):  # a torch without the fused form
+            pass
+    return torch.optim.Adam(model.parameters(), **kwargs)
+
+
 def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
               log=print) -> dict:
     """Train one seed into ``out_dir`` (holding the folder's run lock); returns the metrics of the
@@ -96,7 +108,7 @@ def _train_one(cfg, data, opts, out_dir, log):
     model.set_feature_stats(feature_stats(train_d))
     model.to(device=opts.device, dtype=weight_dtype(precision))
     scaler = make_grad_scaler(precision, torch.device(opts.device).type)
-    opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    opt = make_optimizer(model, opts)
     shuffle_gen = torch.Generator().manual_seed(opts.seed)
     history: List[dict] = []
     best = {"score": -math.inf, "epoch": -1, "select": None, "test": None}

@@ -112,3 +112,23 @@ def test_a_run_is_reproduced_by_manual_seed():
     (a, ga), (b, gb), (c, _) = results
     assert torch.equal(a, b) and all(x is None or torch.equal(x, y) for x, y in zip(ga, gb))
     assert not torch.equal(a, c), "another seed draws other masks and noise"
+
+
+def test_export_of_the_fused_model_in_eval_mode():
+    cfg = CMATHConfig.tiny()
+    _, fused = _pair(cfg)
+    fused.eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, text, audio, visual, speakers, lengths):
+            return self.model(text, audio, visual, speakers, lengths).logits
+    batch = make_batch(cfg, [5, 2, 3])
+    wrapped = Logits(fused)
+    exported = torch.export.export(wrapped, tuple(batch[:5]))
+    targets = {str(n.target) for n in exported.graph.nodes}
+    assert {"cmath_fast.cma_fwd.default", "cmath_fast.vf_fwd.default"} <= targets, sorted(targets)
+    assert_close(exported.module()(*batch[:5]), wrapped(*batch[:5]), atol=1e-6, name="exported logits")
