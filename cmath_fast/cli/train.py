@@ -78,17 +78,24 @@ def _positive(name: str, value):
     return value
 
 
+def _model_and_data(args):
+    """The checkpoint's model and the data it is asked to read, checked against each other."""
+    from ..data import load_features
+    from ..training import check_data_matches, load_model
+    _check_device(args.device)
+    _positive("--batch-size", args.batch_size)
+    model, _ = load_model(args.checkpoint, device=args.device, backend=args.backend)
+    data = load_features(args.data)
+    check_data_matches(model.cfg, data)
+    return model, data
+
+
 def cmd_evaluate(args) -> int:
     import json
     from sklearn.metrics import classification_report
-    from ..data import load_features
     from ..io import atomic_write_text
-    from ..training import check_data_matches, evaluate_model, load_model, public
-    _check_device(args.device)
-    _positive("--batch-size", args.batch_size)
-    model, meta = load_model(args.checkpoint, device=args.device, backend=args.backend)
-    data = load_features(args.data)
-    check_data_matches(model.cfg, data)
+    from ..training import evaluate_model, public
+    model, data = _model_and_data(args)
     dialogues = data.split(args.split)
     names = model.cfg.labels()
     m = evaluate_model(model, dialogues, args.batch_size, args.device, names)
@@ -118,14 +125,9 @@ def prediction_rows(dialogue, probs, names):
 
 
 def cmd_predict(args) -> int:
-    from ..data import load_features
     from ..io import atomic_write_text
-    from ..training import check_data_matches, load_model, predict_dialogues
-    _check_device(args.device)
-    _positive("--batch-size", args.batch_size)
-    model, _ = load_model(args.checkpoint, device=args.device, backend=args.backend)
-    data = load_features(args.data)
-    check_data_matches(model.cfg, data)
+    from ..training import predict_dialogues
+    model, data = _model_and_data(args)
     dialogues = data.split(args.split) if args.split != "all" else list(data.dialogues.values())
     names = model.cfg.labels()
     lines = []

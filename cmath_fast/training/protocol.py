@@ -52,18 +52,13 @@ def apply_protocol(name: str, cfg: CMATHConfig, opts: TrainOptions, data: MERDat
     explicit = set(explicit)
     cfg_set, opt_set = protocol_settings(name, data)
     overridden: List[str] = []
-    cfg_changes = {}
-    for key, value in cfg_set.items():
-        if key in explicit:
-            overridden.append(f"{key}={getattr(cfg, key)!r}")
-        else:
-            cfg_changes[key] = value
-    opt_changes = {}
-    for key, value in opt_set.items():
-        if key in explicit:
-            overridden.append(f"{_FLAGS.get(key, key)} {getattr(opts, key)}")
-        else:
-            opt_changes[key] = value
+
+    def changes(settings: dict, current, shown) -> dict:
+        kept = {k for k in settings if k in explicit}
+        overridden.extend(shown(k, getattr(current, k)) for k in settings if k in kept)
+        return {k: v for k, v in settings.items() if k not in kept}
+    cfg_changes = changes(cfg_set, cfg, lambda k, v: f"{k}={v!r}")
+    opt_changes = changes(opt_set, opts, lambda k, v: f"{_FLAGS.get(k, k)} {v}")
     return (cfg.replace(**cfg_changes) if cfg_changes else cfg,
             replace(opts, protocol=name, protocol_overrides=tuple(overridden), **opt_changes))
 

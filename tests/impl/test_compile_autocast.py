@@ -8,21 +8,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cmath_fast import CMATH, CMATHConfig
+from cmath_fast import CMATHConfig
 from cmath_fast._checks import skip_value_checks
 from tests.helpers import assert_close, make_batch
+from tests.impl.test_fused_model import _pair
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
     reason="needs CUDA or TRITON_INTERPRET=1 (Triton's CPU interpreter)")
-
-
-def _pair(cfg):
-    torch.manual_seed(0)
-    ref = CMATH(cfg, backend="torch")
-    fused = CMATH(cfg, backend="triton")
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
 
 
 def _step(model, batch, eps, call=None):
