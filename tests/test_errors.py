@@ -370,3 +370,17 @@ def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError)
     with pytest.raises(DataError, match="no such file"):
         load_features("/nonexistent/features.pkl")
+
+
+def test_epoch_terms_find_the_first_nonfinite_step_between_reads():
+    """On a GPU the host reads the loss terms every few steps: the first non-finite step and its
+    terms are still the exact ones, and the means cover the finite steps only."""
+    from cmath_fast.training.loop import EpochTerms
+    acc = EpochTerms(every=4)
+    values = [1.0, 2.0, float("nan"), 4.0, float("inf")]
+    for step, v in enumerate(values):
+        acc.add(step, {"ce": torch.tensor(v), "beta": torch.tensor(0.5), "total": torch.tensor(2 * v)})
+    assert [acc.due(s, s == 4) for s in range(5)] == [False, False, False, True, True]
+    step, terms = acc.first_nonfinite()
+    assert step == 2 and np.isnan(terms["ce"]) and np.isnan(terms["total"])
+    assert acc.means() == {"ce": pytest.approx(7 / 3), "beta": 0.5, "total": pytest.approx(14 / 3)}

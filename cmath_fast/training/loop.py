@@ -53,6 +53,58 @@ def _summary_line(row: dict, opts: TrainOptions) -> str:
             f"{row['seconds']:.1f}s  [{protocol_label(opts)}]")
 
 
+# On a GPU the loss terms are summed on the device and read by the host every this many steps (and
+# at the end of an epoch): no synchronisation per step. On the CPU reading costs nothing: every step.
+DEVICE_SYNC_EVERY = 25
+
+
+class EpochTerms:
+    """An epoch's loss terms, summed on the device over the finite steps, with the first step whose
+    terms were not finite (its index and terms kept on the device until the host reads them)."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.order: List[str] = []
+        self.names: List[str] = []
+        self.beta = 0.0
+        self.sums = self.count = self.bad_step = self.bad = None
+
+    def add(self, step: int, terms: Dict[str, torch.Tensor]) -> None:
+        if self.sums is None:
+            self.order = list(terms)
+            self.names = [k for k in terms if k != "beta"]  # beta is a host value
+            device = terms["total"].device
+            self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
+            self.bad = torch.zeros_like(self.sums)
+            self.count = torch.zeros((), dtype=torch.float64, device=device)
+            self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.beta = float(terms["beta"])
+        vec = torch.stack([terms[k].double() for k in self.names])
+        finite = torch.isfinite(vec).all()
+        self.sums += torch.where(finite, vec, torch.zeros_like(vec))
+        self.count += finite.double()
+        first = (self.bad_step < 0) & ~finite
+        self.bad = torch.where(first, vec, self.bad)
+        self.bad_step = torch.where(first, torch.full_like(self.bad_step, step), self.bad_step)
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or (step + 1) % self.every == 0
+
+    def first_nonfinite(self):
+        """(step, {term: value}) of the first non-finite step, or (None, {}): one host read."""
+        if self.bad_step is None or int(self.bad_step) < 0:
+            return None, {}
+        return int(self.bad_step), dict(zip(self.names, self.bad.tolist()))
+
+    def means(self) -> Dict[str, float]:
+        """Mean of each term over the finite steps, in the order the loss returned them."""
+        if self.sums is None:
+            return {}
+        means = dict(zip(self.names, (self.sums / self.count.clamp_min(1.0)).tolist()))
+        means["beta"] = self.beta
+        return {k: means[k] for k in self.order}
+
+
 def make_optimizer(model: CMATH, opts: TrainOptions) -> torch.optim.Optimizer:
     """Adam with L2 weight decay (the lineage's optimiser); on CUDA its fused, capturable form (one
     kernel per step, its step counter on the device), with the same math."""
@@ -131,12 +183,13 @@ def _train_one(cfg, data, opts, out_dir, log):
 
     progress = opts.progress and sys.stderr.isatty()  # a bar in a file or pipe is one endless line
     skip = opts.on_nonfinite == "skip"
+    every = 1 if torch.device(opts.device).type == "cpu" else DEVICE_SYNC_EVERY
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         model.train()
-        sums: Dict[str, float] = {}
         n_steps = num_batches(len(train_d), opts.batch_size)
-        n_done = n_skipped = 0
+        n_skipped = 0
+        terms_sum = EpochTerms(every)
         bar = _progress(n_steps, f"epoch {epoch}", progress)
         for step, batch in enumerate(iterate_batches(train_d, opts.batch_size, shuffle=True,
                                                      generator=shuffle_gen)):
@@ -144,29 +197,31 @@ def _train_one(cfg, data, opts, out_dir, log):
             with explain_oom(batch, opts.device):
                 total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
                                           skip_nonfinite=skip, precision=precision, scaler=scaler)
-            values = {k: float(v) for k, v in terms.items()}
-            if not math.isfinite(values["total"]):
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
-                if skip:
-                    n_skipped += 1
-                    log(f"epoch {epoch} step {step}: non-finite loss ({shown}); step skipped")
-                    bar.update(1)
-                    continue
-                kept = (f"the last good checkpoint is {last_path} (after epoch {epoch - 1})"
-                        if epoch > 0 and os.path.isfile(last_path) else "no epoch had completed")
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch}, step {step} ({shown}); the run stopped and wrote "
-                    f"nothing for this epoch: {kept}. Lower --lr, or --on-nonfinite skip")
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n_done += 1
+            # skip mode read the loss on the host in train_step already
+            if skip and not bool(torch.isfinite(total)):
+                n_skipped += 1
+                shown = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
+                log(f"epoch {epoch} step {step}: non-finite loss ({shown}); step skipped")
+                bar.update(1)
+                continue
+            terms_sum.add(step, terms)
             bar.update(1)
-            bar.set_postfix(loss=f"{values['total']:.3f}")
+            if terms_sum.due(step, step == n_steps - 1):
+                bad_step, bad_terms = terms_sum.first_nonfinite()
+                if bad_step is not None:
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in bad_terms.items())
+                    kept = (f"the last good checkpoint is {last_path} (after epoch {epoch - 1})"
+                            if epoch > 0 and os.path.isfile(last_path) else "no epoch had completed")
+                    raise NonFiniteLossError(
+                        f"non-finite loss at epoch {epoch}, step {bad_step} ({shown}); the run stopped and "
+                        f"wrote nothing for this epoch: {kept}. Lower --lr, or --on-nonfinite skip")
+                bar.set_postfix(loss=f"{terms_sum.means()['total']:.3f}")
         bar.close()
         sel = evaluate_model(model, select_d, opts.batch_size, opts.device, names, precision)
         tst = evaluate_model(model, test_d, opts.batch_size, opts.device, names, precision) if test_d else sel
-        row = {"epoch": epoch, "train_loss": sums.get("total", 0.0) / max(n_done, 1)}
-        row.update({f"train_{k}": v / max(n_done, 1) for k, v in sums.items() if k != "total"})
+        means = terms_sum.means()
+        row = {"epoch": epoch, "train_loss": means.get("total", 0.0)}
+        row.update({f"train_{k}": v for k, v in means.items() if k != "total"})
         row.update({"select_accuracy": sel["accuracy"], "select_weighted_f1": sel["weighted_f1"],
                     "test_accuracy": tst["accuracy"], "test_weighted_f1": tst["weighted_f1"],
                     "skipped_steps": n_skipped, "seconds": time.perf_counter() - t0})
