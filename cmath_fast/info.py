@@ -40,6 +40,13 @@ def report() -> List[Tuple[str, str]]:
     ok, why = triton_status()
     rows.append(("backend torch", "available: pure PyTorch reference"))
     rows.append(("backend triton", ("available: " if ok else "unavailable: ") + why))
+    if ok:
+        try:
+            from .ops._library import library_status
+            registered, reason = library_status()
+            rows.append(("custom operators", ("yes: " if registered else "no: ") + reason))
+        except Exception as exc:  # report, never raise
+            rows.append(("custom operators", f"unavailable ({type(exc).__name__}: {exc})".splitlines()[0]))
     try:
         chosen, reason = resolve_backend("auto")
         rows.append(("backend auto ->", f"{chosen} ({reason})"))
