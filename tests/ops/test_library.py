@@ -79,3 +79,46 @@ def test_without_the_library_api_the_ops_still_run(monkeypatch):
     kv = torch.stack([k, v], dim=3)
     out = cross_modal_attention_packed(q, kv, ql.long(), gates=gt)
     assert out.shape == (3, 5, 2, 2, 16) and torch.isfinite(out).all()
+
+
+def _column_major(t):
+    """The same values with another layout (as Inductor may hand an operator under torch.compile)."""
+    if t is None or t.dim() < 2:
+        return t
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+@needs_library
+def test_operators_accept_any_layout():
+    """The kernels address some inputs from their shapes; the operators must make those dense at
+    run time, since a compiled graph may pass them laid out otherwise than the fakes promised."""
+    q, k, v, gt, ql, kl, seed, scale, p, joint = _cma_args(dropout=0.0)
+    fwd = torch.ops.cmath_fast.cma_fwd
+    out, out_u, lse = fwd(q, k, v, gt, ql, kl, seed, scale, p, joint, True)
+    out2, _, _ = fwd(q, k, v, _column_major(gt), ql, kl, seed, scale, p, joint, True)
+    torch.testing.assert_close(out2, out)
+    dout = torch.randn_like(out)
+    bwd = torch.ops.cmath_fast.cma_bwd
+    ref = bwd(dout, q, k, v, out, out_u, lse, gt, ql, kl, seed, scale, p, joint)
+    got = bwd(_column_major(dout), q, k, v, out, out_u, lse, _column_major(gt), ql, kl, seed, scale, p, joint)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+
+    g = torch.Generator().manual_seed(2)
+    N, d_in, d_z = 9, 16, 12
+    e, w, b = (torch.randn(*s, generator=g).to(DEVICE) for s in ((N, d_in), (2 * d_z, d_in), (2 * d_z,)))
+    eps = torch.randn(N, d_z, generator=g).to(DEVICE)
+    z, klv, h, _ = torch.ops.cmath_fast.vf_fwd(e, w, b, eps, None, None, True, 10.0, False, True)
+    z2, _, _, _ = torch.ops.cmath_fast.vf_fwd(e, w, b, _column_major(eps), None, None, True, 10.0, False, True)
+    torch.testing.assert_close(z2, z)
+    dz, dkl = torch.randn_like(z), torch.randn_like(klv)
+    ref = torch.ops.cmath_fast.vf_bwd(h, dz, dkl, eps, None, None, True, 10.0, torch.float32)
+    got = torch.ops.cmath_fast.vf_bwd(_column_major(h), _column_major(dz), dkl, _column_major(eps), None, None,
+                                      True, 10.0, torch.float32)
+    torch.testing.assert_close(got, ref)
+    mu, lv = torch.randn(3, N, d_z, generator=g).to(DEVICE), torch.randn(3, N, d_z, generator=g).to(DEVICE)
+    ref = torch.ops.cmath_fast.poe_bwd(mu, lv, dz, dkl, eps, None, None, True, 10.0)
+    got = torch.ops.cmath_fast.poe_bwd(_column_major(mu), _column_major(lv), _column_major(dz), dkl,
+                                       _column_major(eps), None, None, True, 10.0)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
