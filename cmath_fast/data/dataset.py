@@ -149,10 +149,16 @@ class Batch:
     ids: List[object]
 
     def to(self, device, feature_dtype: Optional[torch.dtype] = None) -> "Batch":
-        """On ``device``, features in ``feature_dtype`` when given ."""
-        feats = [t.to(device, dtype=feature_dtype) if feature_dtype is not None else t.to(device)
-                 for t in (self.text, self.audio, self.visual)]
-        return Batch(*feats, *(t.to(device) for t in (self.speakers, self.lengths, self.labels)), ids=self.ids)
+        """On ``device``, features in ``feature_dtype`` when given. Copies from pinned memory (see
+        ``iterate_batches(pin=True)``) do not block the host."""
+        def move(t, dtype=None):
+            return t.to(device, dtype=dtype, non_blocking=t.is_pinned())
+        feats = [move(t, feature_dtype) for t in (self.text, self.audio, self.visual)]
+        return Batch(*feats, *(move(t) for t in (self.speakers, self.lengths, self.labels)), ids=self.ids)
+
+    def pin_memory(self) -> "Batch":
+        return Batch(*(t.pin_memory() for t in (self.text, self.audio, self.visual, self.speakers,
+                                                 self.lengths, self.labels)), ids=self.ids)
 
     def inputs(self):
         return self.text, self.audio, self.visual, self.speakers, self.lengths
@@ -181,11 +187,14 @@ def collate(dialogues: Sequence[Dialogue]) -> Batch:
 
 
 def iterate_batches(dialogues: Sequence[Dialogue], batch_size: int, *, shuffle: bool = False,
-                    generator: Optional[torch.Generator] = None) -> Iterator[Batch]:
+                    generator: Optional[torch.Generator] = None, pin: bool = False) -> Iterator[Batch]:
+    """Batches of ``batch_size`` dialogues (in a seeded order when ``shuffle``); ``pin``: in pinned
+    host memory, for non-blocking copies to a GPU."""
     order = torch.randperm(len(dialogues), generator=generator).tolist() if shuffle \
         else list(range(len(dialogues)))
     for start in range(0, len(order), batch_size):
-        yield collate([dialogues[i] for i in order[start:start + batch_size]])
+        batch = collate([dialogues[i] for i in order[start:start + batch_size]])
+        yield batch.pin_memory() if pin else batch
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -184,6 +184,7 @@ def _train_one(cfg, data, opts, out_dir, log):
     progress = opts.progress and sys.stderr.isatty()  # a bar in a file or pipe is one endless line
     skip = opts.on_nonfinite == "skip"
     every = 1 if torch.device(opts.device).type == "cpu" else DEVICE_SYNC_EVERY
+    pin = torch.device(opts.device).type == "cuda"  # non-blocking host-to-device copies
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -192,7 +193,7 @@ def _train_one(cfg, data, opts, out_dir, log):
         terms_sum = EpochTerms(every)
         bar = _progress(n_steps, f"epoch {epoch}", progress)
         for step, batch in enumerate(iterate_batches(train_d, opts.batch_size, shuffle=True,
-                                                     generator=shuffle_gen)):
+                                                     generator=shuffle_gen, pin=pin)):
             b = batch.to(opts.device, weight_dtype(precision))
             with explain_oom(batch, opts.device):
                 total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
