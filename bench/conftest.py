@@ -35,15 +35,18 @@ def csv_path():
 
 @pytest.fixture
 def record(benchmark, csv_path):
-    """record(run, row): time ``run`` with do_bench, report it through pytest-benchmark's
-    extra_info and a short pedantic run, and append the row to the CSV."""
+    """record(run, row, flops, nbytes, serial_bytes): time ``run`` with do_bench, report it through
+    pytest-benchmark's extra_info and a short pedantic run, and append the row to the CSV with its
+    throughput and its hardware floor (cmath_fast.bench.roofline)."""
     from cmath_fast.bench.timing import measure
 
-    def _record(run, row, flops=None, nbytes=None):
+    def _record(run, row, flops=None, nbytes=None, serial_bytes=0.0):
+        from cmath_fast.bench.roofline import floor_us
         stats = measure(run)
         secs = stats["median_us"] * 1e-6
         row = dict(row, **stats, tflops=(flops / secs / 1e12) if flops else float("nan"),
-                   gbps=(nbytes / secs / 1e9) if nbytes else float("nan"))
+                   gbps=(nbytes / secs / 1e9) if nbytes else float("nan"),
+                   floor_us=floor_us(torch.cuda.get_device_name(), flops, nbytes, serial_bytes))
         benchmark.extra_info.update({k: v for k, v in row.items()})
         benchmark.pedantic(lambda: (run(), torch.cuda.synchronize()), rounds=3, warmup_rounds=1)
         append_row(csv_path, row)

@@ -7,6 +7,7 @@ import torch
 
 from cmath_fast import CMATH, CMATHConfig
 from cmath_fast.bench.providers import MODEL_PRECISIONS, MODEL_PROVIDERS
+from cmath_fast.bench.roofline import model_step_work
 from cmath_fast.bench.shapes import MODEL_SHAPES
 from cmath_fast.step import autocast_context, train_step, weight_dtype
 from cmath_fast.testing import random_batch
@@ -49,5 +50,8 @@ def test_model_step(record, shape_name, step, provider, precision):
                 return forward(text, audio, visual, speakers, lens).logits
     out = run()
     assert torch.isfinite(out.float()).all(), "non-finite result"
-    record(run, dict(op=step, shape=shape_name, mode="fwd+bwd" if step == "cmath_train_step" else "fwd",
-                     dtype=precision, provider=provider))
+    train = step == "cmath_train_step"
+    flops, nbytes, serial = model_step_work(sum(p.numel() for p in model.parameters()), shape.lengths, train,
+                                            weight_bytes=weight_dtype(precision).itemsize)
+    record(run, dict(op=step, shape=shape_name, mode="fwd+bwd" if train else "fwd",
+                     dtype=precision, provider=provider), flops=flops, nbytes=nbytes, serial_bytes=serial)

@@ -18,23 +18,36 @@ def _groups(rows):
 
 
 def markdown_table(rows: Sequence[Dict[str, object]]) -> str:
-    """One line per (op, shape, mode, dtype): median µs per provider and the speed-up of each
-    provider over eager."""
+    """One line per (op, shape, mode, dtype): median µs per provider, the hardware floor, each
+    provider's speed-up over eager, our providers' speed-up over the best torch.compile mode, and
+    each provider's distance to the floor (median ÷ floor)."""
     groups = _groups(rows)
     providers = sorted({r["provider"] for r in rows}, key=lambda p: (p != "eager", p))
-    head = ["op", "shape", "mode", "dtype"] + [f"{p} µs" for p in providers] + \
-        [f"{p} ×eager" for p in providers if p != "eager"]
+    compiles = [p for p in providers if p.startswith("compile")]
+    ours = [p for p in providers if p.startswith("triton")]
+    head = (["op", "shape", "mode", "dtype"] + [f"{p} µs" for p in providers] + ["floor µs"]
+            + [f"{p} ×eager" for p in providers if p != "eager"]
+            + ([f"{p} ×best compile" for p in ours] if compiles else [])
+            + [f"{p} ÷floor" for p in providers])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def speedup(base, g, p):
+        ok = p in g and base and not math.isnan(base)
+        return f"{base / g[p]['median_us']:.2f}" if ok else "—"
     for key in sorted(groups):
         g = groups[key]
+        floors = [r["floor_us"] for r in g.values() if not math.isnan(r.get("floor_us", float("nan")))]
+        floor = floors[0] if floors else float("nan")
         cells = list(key)
         cells += [f"{g[p]['median_us']:.1f}" if p in g else "—" for p in providers]
+        cells.append(f"{floor:.1f}" if not math.isnan(floor) else "—")
         base = g.get("eager", {}).get("median_us")
-        for p in providers:
-            if p == "eager":
-                continue
-            ok = p in g and base and not math.isnan(base)
-            cells.append(f"{base / g[p]['median_us']:.2f}" if ok else "—")
+        cells += [speedup(base, g, p) for p in providers if p != "eager"]
+        if compiles:
+            best = min((g[c]["median_us"] for c in compiles if c in g), default=None)
+            cells += [speedup(best, g, p) for p in ours]
+        cells += [f"{g[p]['median_us'] / floor:.1f}" if p in g and not math.isnan(floor) else "—"
+                  for p in providers]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     first = rows[0] if rows else {}
     lines.append("")

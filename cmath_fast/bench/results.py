@@ -9,7 +9,9 @@ import re
 from typing import Dict, List
 
 HEADER = ["op", "shape", "mode", "dtype", "provider", "median_us", "p20_us", "p80_us", "tflops",
-          "gbps", "peak_mb", "gpu", "torch", "triton", "date"]
+          "gbps", "peak_mb", "gpu", "torch", "triton", "date", "floor_us"]
+# The schema before floor_us: still read (floor_us then NaN).
+HEADER_V1 = HEADER[:-1]
 
 
 def environment() -> Dict[str, str]:
@@ -32,7 +34,7 @@ def default_csv_path(root: str = "bench/results") -> str:
 
 def append_row(path: str, row: Dict[str, object]) -> None:
     """Append one result (missing environment fields filled in); writes the header to a new file."""
-    full = dict(environment())
+    full = dict(environment(), floor_us=float("nan"))  # NaN: a GPU without measured peaks
     full.update({k: v for k, v in row.items() if v is not None})
     missing = [k for k in HEADER if k not in full]
     if missing:
@@ -42,6 +44,10 @@ def append_row(path: str, row: Dict[str, object]) -> None:
         raise ValueError(f"benchmark row has unknown fields {unknown}; the schema is {HEADER}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
+    if not new:
+        with open(path, newline="", encoding="utf-8") as fh:
+            if next(csv.reader(fh), None) != HEADER:
+                raise ValueError(f"{path}: an older benchmark schema; write new rows to another file")
     with open(path, "a", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=HEADER)
         if new:
@@ -56,11 +62,11 @@ def _fmt(v):
 def read_rows(path: str) -> List[Dict[str, object]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames != HEADER:
+        if reader.fieldnames not in (HEADER, HEADER_V1):
             raise ValueError(f"{path}: header {reader.fieldnames} is not the benchmark schema {HEADER}")
         rows = []
         for r in reader:
-            for k in ("median_us", "p20_us", "p80_us", "tflops", "gbps", "peak_mb"):
-                r[k] = float(r[k]) if r[k] not in ("", None) else float("nan")
+            for k in ("median_us", "p20_us", "p80_us", "tflops", "gbps", "peak_mb", "floor_us"):
+                r[k] = float(r[k]) if r.get(k) not in ("", None) else float("nan")
             rows.append(r)
         return rows

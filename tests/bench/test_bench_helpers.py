@@ -1,6 +1,7 @@
 """The benchmark suite's own helpers, on CPU: shapes, FLOP formula, CSV schema, report,
 providers' correctness checks, the device-op counter and the profile command."""
 
+import math
 import os
 
 import pytest
@@ -57,7 +58,7 @@ def test_report_table_and_plots(tmp_path):
         r.update(gpu="Test GPU", torch="2.x", triton="3.x", date="2026-01-01")
     md = markdown_table(rows)
     line = next(li for li in md.splitlines() if "R1-d1024" in li)
-    assert "| 100.0 | 20.0 | 5.00 |" in line
+    assert "| 100.0 | 20.0 | — | 5.00 |" in line  # eager, triton, floor (unknown GPU), speed-up
     assert "—" in next(li for li in md.splitlines() if "R2-d1024" in li)
     written = plots(rows, str(tmp_path))
     assert written and all(os.path.getsize(p) > 0 for p in written)
@@ -155,3 +156,32 @@ def test_long_reference_path_matches_eager():
     long_ref = providers.reference_attention(inp)
     eager = cross_modal_attention_ref(inp.q, inp.ks(), inp.vs(), inp.lengths, [inp.lengths] * 2, gates=inp.gates)
     torch.testing.assert_close(long_ref, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_floor_of_a_row_and_of_the_model_step():
+    from cmath_fast.bench.roofline import floor_us, model_step_work, peaks
+    assert peaks("NVIDIA H200") == (790e12, 4.3e12) and peaks("Tesla T4") is None
+    # compute-bound: 790 GFLOP at 790 TFLOP/s is 1000 µs; bandwidth-bound: 4.3 GB at 4.3 TB/s too
+    assert floor_us("NVIDIA H200", flops=790e9, nbytes=1e3) == pytest.approx(1000.0)
+    assert floor_us("NVIDIA H200", flops=1.0, nbytes=4.3e9) == pytest.approx(1000.0)
+    assert floor_us("NVIDIA H200", flops=790e9, serial_bytes=4.3e9) == pytest.approx(2000.0)
+    assert math.isnan(floor_us("Tesla T4", flops=1e12))
+    # the baseline's estimate: 131 M parameters, 780 utterances -> 0.61 TFLOP and ~2.1 GB of Adam
+    flops, nbytes, serial = model_step_work(131_000_000, [780], train=True)
+    assert flops == pytest.approx(0.613e12, rel=1e-2) and serial == pytest.approx(2.1e9, rel=1e-2)
+    assert model_step_work(131_000_000, [780], train=False)[2] == 0.0
+
+
+def test_report_shows_the_floor_and_the_speedup_over_the_best_compile(tmp_path):
+    from cmath_fast.bench.report import markdown_table
+    from cmath_fast.bench.results import append_row, read_rows
+    path = tmp_path / "r.csv"
+    for provider, us in (("eager", 400.0), ("compile", 200.0), ("compile_ro", 100.0), ("triton", 50.0)):
+        append_row(str(path), dict(op="cmath_train_step", shape="s", mode="fwd+bwd", dtype="bf16",
+                                   provider=provider, median_us=us, p20_us=us, p80_us=us, tflops=1.0,
+                                   gbps=1.0, peak_mb=1.0, floor_us=10.0))
+    table = markdown_table(read_rows(str(path)))
+    header, _, row = table.splitlines()[:3]
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["floor µs"] == "10.0" and cells["triton ×eager"] == "8.00"
+    assert cells["triton ×best compile"] == "2.00" and cells["triton ÷floor"] == "5.0"
