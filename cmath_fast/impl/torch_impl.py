@@ -21,7 +21,7 @@ class TorchImplementation(Implementation):
         codes, rec = {}, feats["t"].new_zeros(())
         with nvtx_range("reconstruction"):
             for m in MODALITIES:
-                z, x_hat, x_std = model.encoders[m](feats[m], mask)
+                z, x_hat, x_std = self.reconstruct(model.encoders[m], feats[m], mask)
                 if x_hat is not None:
                     rec = rec + (x_hat - x_std).pow(2).sum() / (n_valid * x_std.shape[-1])
                 codes[m] = z
@@ -34,6 +34,10 @@ class TorchImplementation(Implementation):
             if cfg.aux_self_attention:
                 hidden = self.self_attention(model.aux_encoders, hidden, lengths)
         return hidden, rec
+
+    def reconstruct(self, encoder, x, mask):
+        """One modality's U-Net (or projection): (Z_m, X_hat_m or None, standardised X_m)."""
+        return encoder(x, mask)
 
     def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths) -> Dict[str, torch.Tensor]:
         """The auxiliary streams' own 1-layer self-attention (``aux_self_attention``)."""

@@ -8,7 +8,8 @@ reference modules.
   modalities with one stream each.
 - fuse: the reference VariationalFusion's forward with the fused latent ops.
 - heads: the fine heads batched over the centrals.
-- encode: the reference U-Nets and embeddings (inherited).
+- encode: the reference U-Nets and embeddings (inherited; ``reconstruct`` is the hook for a
+  transpose-free U-Net).
 Every hyper-parameter (activation, dropout rates and training flags, norm eps, layer count,
 gating, joint softmax) is read from the modules or the config.
 """

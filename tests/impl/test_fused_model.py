@@ -22,6 +22,7 @@ VARIANTS = [
     pytest.param({"fusion": "concat", "reconstruction": False}, id="concat"),
     pytest.param({"joint_softmax": True, "ffn_activation": "relu"}, id="joint-relu"),
     pytest.param({"ffn_activation": "silu", "aux_self_attention": True}, id="silu-aux"),
+    pytest.param({"rec_skip": False, "rec_kernel_size": 5}, id="noskip-k5"),
 ]
 
 
@@ -107,7 +108,8 @@ def _dropouts(model):
 
 @needs_kernels
 @pytest.mark.parametrize("which", ["cma.*.layers.0.dropout", "cma.*.layers.0.ffn.dropout",
-                                   "fine_heads.*.1", "aux_encoders.*.dropout", "embed_dropout"])
+                                   "fine_heads.*.1", "aux_encoders.*.dropout", "embed_dropout",
+                                   "encoders.*.dropout"])
 def test_dropout_rates_are_read_from_the_modules(which):
     """Rate 1 on one kind of dropout module (every other at 0): deterministic in training mode, so
     the two implementations agree exactly — and differ from rate 0 — only if the fused path reads
