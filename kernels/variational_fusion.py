@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ._common import dot_precision, launch, upcast
-from .configs import all_fusion_tiles, fusion_tile
+from .configs import fusion_tile
 
 
 @triton.jit
@@ -268,11 +268,6 @@ def _poe_bwd_kernel(
 
 # ---------------------------------------------------------------------------------------------
 # Launchers. Tiles come from ``configs.fusion_tile`` (the GEMM tile per d_z / d_in bucket).
-
-def launcher_configs():
-    """Every (kernel, tile) the launchers choose on a GPU, for the ahead-of-time compile check."""
-    return sorted({(kernel, tile) for kernel, _, _, _, tile in all_fusion_tiles()})
-
 
 def _seed_arg(seed, placeholder):
     """The seed tensor ((1,) int64 on the device), or, when nothing is drawn, a placeholder pointer

@@ -10,7 +10,6 @@ Add a GPU by its measured numbers and their source.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 # name fragment -> (bf16 dense FLOP/s, bytes/s)
@@ -50,6 +49,3 @@ def model_step_work(n_params: int, lengths: Sequence[int], train: bool, weight_b
     serial = 16.0 * n_params if train else 0.0
     return flops, nbytes, serial
 
-
-def ratio(median_us: float, floor: float) -> float:
-    return median_us / floor if floor and not math.isnan(floor) else float("nan")

@@ -25,6 +25,20 @@ def _step(model, batch, eps, call=None):
     return out.logits.detach().clone(), [g.clone() if g is not None else None for g in grads]
 
 
+def _capture(fn, warmup=3):
+    """``fn`` warmed up on a side stream, then captured in a CUDA graph: (graph, its static output)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = fn()
+    return graph, static
+
+
 def _err(a, b):
     return (a.float() - b.float()).abs().max().item()
 
@@ -110,15 +124,7 @@ def test_graph_replays_draw_fresh_masks_and_noise():
     def run():
         return (cross_modal_attention_packed(q, kv, lens, dropout_p=0.3),
                 variational_fusion(e, w, None, training=True)[0])
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = run()
+    graph, static = _capture(run, warmup=2)
 
     def replay():
         graph.replay()
@@ -147,15 +153,7 @@ def test_captured_training_step_draws_fresh_randomness():
         loss.backward()
         opt.step()
         return loss
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = step()
+    graph, static_loss = _capture(step)
     grad = model.fusion.w_musigma.weight.grad
 
     def replay():
