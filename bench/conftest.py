@@ -35,15 +35,18 @@ def csv_path():
 
 @pytest.fixture
 def record(benchmark, csv_path):
-    """record(run, row, flops, nbytes, serial_bytes): time ``run`` with do_bench, report it through
-    pytest-benchmark's extra_info and a short pedantic run, and append the row to the CSV with its
-    throughput and its hardware floor (cmath_fast.bench.roofline)."""
+    """record(run, row, flops, nbytes, serial_bytes, items): time ``run`` with do_bench, report it
+    through pytest-benchmark's extra_info and a short pedantic run, and append the row to the CSV
+    with its throughput, its hardware floor (cmath_fast.bench.roofline) and, for ``items``
+    processed per call, items per second."""
     from cmath_fast.bench.timing import measure
 
-    def _record(run, row, flops=None, nbytes=None, serial_bytes=0.0):
+    def _record(run, row, flops=None, nbytes=None, serial_bytes=0.0, items=None):
         from cmath_fast.bench.roofline import floor_us
         stats = measure(run)
         secs = stats["median_us"] * 1e-6
+        if items is not None:  # the epoch rows: dialogues per second
+            row = dict(row, items_per_s=items / secs)
         row = dict(row, **stats, tflops=(flops / secs / 1e12) if flops else float("nan"),
                    gbps=(nbytes / secs / 1e9) if nbytes else float("nan"),
                    floor_us=floor_us(torch.cuda.get_device_name(), flops, nbytes, serial_bytes))

@@ -1,6 +1,8 @@
-"""The whole model: one training step (forward, loss, backward, Adam) and inference: eager
-reference, torch.compile of the reference, fused (triton), fused under torch.compile; with bf16
-weights and under bf16 autocast (fp32 weights)."""
+"""The whole model: one training step (forward, loss, backward, the trainer's Adam) and inference:
+eager reference, torch.compile of the reference (default and reduce-overhead modes), fused
+(triton), fused under torch.compile, fused replayed from CUDA graphs (what the trainer runs on
+CUDA); with bf16 weights and under bf16 autocast (fp32 weights). Every provider uses the same
+optimiser, the trainer's on CUDA: Adam(fused=True, capturable=True)."""
 
 import pytest
 import torch
@@ -9,8 +11,12 @@ from cmath_fast import CMATH, CMATHConfig
 from cmath_fast.bench.providers import MODEL_PRECISIONS, MODEL_PROVIDERS
 from cmath_fast.bench.roofline import model_step_work
 from cmath_fast.bench.shapes import MODEL_SHAPES
+from cmath_fast.data.dataset import Batch
+from cmath_fast.graphs import GraphedPredictor, GraphedTrainer
 from cmath_fast.step import autocast_context, train_step, weight_dtype
 from cmath_fast.testing import random_batch
+
+QUICK_PROVIDERS = ("eager", "compile_ro", "triton", "triton_graph")
 
 
 def _params():
@@ -18,9 +24,20 @@ def _params():
         for step in ("cmath_train_step", "cmath_inference"):
             for precision in MODEL_PRECISIONS:
                 for provider in MODEL_PROVIDERS:
-                    marks = [pytest.mark.quick] if shape.quick and precision == "bf16" else []
-                    yield pytest.param(name, step, provider, precision, marks=marks,
+                    quick = name == "iemocap-d1024" and precision == "bf16-mixed" and provider in QUICK_PROVIDERS
+                    yield pytest.param(name, step, provider, precision,
+                                       marks=[pytest.mark.quick] if quick else [],
                                        id=f"{name}-{step}-{provider}-{precision}")
+
+
+def _forward(model, provider):
+    if provider == "compile":
+        return torch.compile(model)
+    if provider == "compile_ro":
+        return torch.compile(model, mode="reduce-overhead")
+    if provider == "triton_compile":
+        return torch.compile(model)
+    return model
 
 
 @pytest.mark.parametrize("shape_name, step, provider, precision", list(_params()))
@@ -30,24 +47,35 @@ def test_model_step(record, shape_name, step, provider, precision):
     torch.manual_seed(0)
     model = CMATH(cfg, backend="triton" if provider.startswith("triton") else "torch").cuda()
     model = model.to(weight_dtype(precision))
-    batch = random_batch(cfg, list(shape.lengths), torch.Generator().manual_seed(0), "cuda")
-    text, audio, visual, speakers, lens, labels = batch
-    text, audio, visual = (x.to(weight_dtype(precision)) for x in (text, audio, visual))
-    forward = torch.compile(model) if provider in ("compile", "triton_compile") else model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    host = Batch(*random_batch(cfg, list(shape.lengths), torch.Generator().manual_seed(0), "cpu"),
+                 ids=list(range(len(shape.lengths))))
+    host = host.to("cpu", weight_dtype(precision)).pin_memory()
+    batch = host.to("cuda")
+    forward = _forward(model, provider)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=True, capturable=True)
+    B = len(shape.lengths)
 
     if step == "cmath_train_step":
         model.train()
-        inputs = (text, audio, visual, speakers, lens)
+        if provider == "triton_graph":
+            runner = GraphedTrainer(model, opt, batch_size=B, precision=precision)
 
-        def run():
-            return train_step(forward, opt, inputs, labels, epoch=5, precision=precision)[0]
+            def run():
+                return runner.step(host, epoch=5)[0]
+        else:
+            def run():
+                return train_step(forward, opt, batch.inputs(), batch.labels, epoch=5, precision=precision)[0]
     else:
         model.eval()
+        if provider == "triton_graph":
+            predictor = GraphedPredictor(model, batch_size=B, precision=precision)
 
-        def run():
-            with torch.no_grad(), autocast_context(precision, "cuda"):
-                return forward(text, audio, visual, speakers, lens).logits
+            def run():
+                return predictor(host)
+        else:
+            def run():
+                with torch.no_grad(), autocast_context(precision, "cuda"):
+                    return forward(*batch.inputs()).logits
     out = run()
     assert torch.isfinite(out.float()).all(), "non-finite result"
     train = step == "cmath_train_step"

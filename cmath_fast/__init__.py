@@ -2,7 +2,8 @@
 with a pure-PyTorch reference and fused Triton kernels for its hot spots."""
 
 from .config import CMATHConfig
+from .graphs import GraphedPredictor, GraphedTrainer
 from .model import CMATH, CMATHOutput
 
 __version__ = "0.1.0"
-__all__ = ["CMATH", "CMATHConfig", "CMATHOutput", "__version__"]
+__all__ = ["CMATH", "CMATHConfig", "CMATHOutput", "GraphedTrainer", "GraphedPredictor", "__version__"]

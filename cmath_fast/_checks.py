@@ -28,6 +28,8 @@ def value_checks_enabled(t: torch.Tensor) -> bool:
     never while torch.compile traces (a value read there is a data-dependent guard)."""
     if _SKIP_VALUE_CHECKS[0] or _compiling():
         return False
+    if t.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False  # a host read inside a CUDA-graph capture is an error
     return t.device.type == "cpu" or os.environ.get("CMATH_FAST_CHECKS", "0") == "1"
 
 

@@ -63,15 +63,19 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
 
 
 def cmath_loss(cfg: CMATHConfig, out, labels: torch.Tensor, class_weights: Optional[torch.Tensor],
-               epoch: Optional[int] = None):
-    """(total loss, dict of every term detached, with ``beta`` and ``total``)."""
+               epoch: Optional[int] = None, beta: Optional[torch.Tensor] = None):
+    """(total loss, dict of every term detached, with ``beta`` and ``total``). ``beta``: the KL
+    weight as a device tensor (graph-safe: no host value baked into a captured step), else
+    ``beta_at(cfg, epoch)``."""
     terms = classification_terms(cfg, out, labels, class_weights)
     terms["rec"] = out.rec_loss.float()
     terms["kl"] = out.kl_loss.float()
-    beta = beta_at(cfg, epoch)
+    if beta is None:
+        beta = torch.tensor(beta_at(cfg, epoch), dtype=torch.float32)
     total = (terms["ce"] + cfg.gamma_fine * terms["fine_ce"] + cfg.gamma_kd * terms["kd_logit"]
-             + cfg.gamma_feat * terms["kd_feat"] + cfg.lambda_rec * terms["rec"] + beta * terms["kl"])
+             + cfg.gamma_feat * terms["kd_feat"] + cfg.lambda_rec * terms["rec"]
+             + beta.to(terms["kl"].device) * terms["kl"])
     terms = {k: v.detach() for k, v in terms.items()}
-    terms["beta"] = torch.tensor(beta)
+    terms["beta"] = beta.detach()
     terms["total"] = total.detach()
     return total, terms

@@ -168,14 +168,17 @@ class CMATH(nn.Module):
         """beta warmed up linearly from 0 over ``beta_warmup_epochs`` (full beta when epoch is None)."""
         return beta_at(self.cfg, epoch)
 
-    def loss(self, out: CMATHOutput, labels: torch.Tensor, epoch: Optional[int] = None):
-        """Total loss and a dict of every term (detached); see ``cmath_fast.losses``."""
+    def loss(self, out: CMATHOutput, labels: torch.Tensor, epoch: Optional[int] = None,
+             beta: Optional[torch.Tensor] = None):
+        """Total loss and a dict of every term (detached); see ``cmath_fast.losses``. ``beta``: the
+        KL weight as a tensor on the model's device (a captured CUDA graph reads it there), which
+        replaces the warm-up schedule's value at ``epoch``."""
         check_tensor("labels", labels, ndim=2, integer=True)
         if labels.shape != out.mask.shape:
             raise ValueError(f"labels: expected shape {tuple(out.mask.shape)}, got {tuple(labels.shape)}")
         check_index_range("labels", labels, out.mask, self.cfg.num_classes)
         with nvtx_range("loss"):
-            return cmath_loss(self.cfg, out, labels, self.class_weights, epoch)
+            return cmath_loss(self.cfg, out, labels, self.class_weights, epoch, beta=beta)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

@@ -25,12 +25,14 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"--precision: expected one of {PRECISIONS}, got {precision!r}")
 
 
-def autocast_context(precision: str, device_type: str):
-    """The autocast context of a precision mode (a null context for fp32 and bf16)."""
+def autocast_context(precision: str, device_type: str, cache: bool = True):
+    """The autocast context of a precision mode (a null context for fp32 and bf16). ``cache``:
+    autocast's cache of cast weights (off inside CUDA graphs, whose captures must not keep casts
+    made outside them)."""
     if precision == "bf16-mixed":
-        return torch.autocast(device_type, dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=cache)
     if precision == "fp16-mixed":
-        return torch.autocast(device_type, dtype=torch.float16)
+        return torch.autocast(device_type, dtype=torch.float16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -51,16 +53,17 @@ def make_grad_scaler(precision: str, device_type: str):
 
 def train_step(model, opt: torch.optim.Optimizer, inputs, labels: torch.Tensor, epoch: Optional[int],
                max_grad_norm: float = 0.0, skip_nonfinite: bool = False, precision: str = "fp32",
-               scaler=None):
+               scaler=None, beta: Optional[torch.Tensor] = None, autocast_cache: bool = True):
     """forward, loss, backward, (clip the gradient norm when ``max_grad_norm``), optimiser step,
     with NVTX ranges. ``inputs``: (text, audio, visual, speakers, lengths), features already in
     ``weight_dtype(precision)``. Returns (total loss, dict of loss terms), both detached tensors on
     the model's device (no host sync). ``skip_nonfinite``: a step whose loss is NaN or inf leaves
     the weights and the optimiser untouched (this reads the loss on the host: one sync).
-    ``scaler``: the gradient scaler of fp16-mixed."""
-    with autocast_context(precision, inputs[0].device.type):
+    ``scaler``: the gradient scaler of fp16-mixed. ``beta``: the KL weight as a device tensor
+    (what a captured step reads; see ``cmath_fast.graphs``), else the schedule's at ``epoch``."""
+    with autocast_context(precision, inputs[0].device.type, autocast_cache):
         out = model(*inputs)
-        total, terms = model.loss(out, labels, epoch=epoch)
+        total, terms = model.loss(out, labels, epoch=epoch, **({} if beta is None else {"beta": beta}))
     opt.zero_grad(set_to_none=True)
     with nvtx_range("backward", "bwd"):
         (scaler.scale(total) if scaler is not None else total).backward()

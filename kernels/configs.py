@@ -67,6 +67,14 @@ FUSION = (
     ("vf_elementwise", ANY, ANY, ANY, Tile(16, 0, 0, 4, 1)),
 )
 
+# kernel, -, -, dtype -> Tile. The U-Net's row convolution (kernels/row_conv.py): "fwd" tiles are
+# (rows, C_out, C_in step); "bwd_dx" (rows, C_in, C_out step); "bwd_dw" (row step, C_out, C_in).
+ROW_CONV = (
+    ("fwd", ANY, ANY, ANY, Tile(64, 64, 32, 4, 3)),
+    ("bwd_dx", ANY, ANY, ANY, Tile(64, 64, 32, 4, 3)),
+    ("bwd_dw", ANY, ANY, ANY, Tile(32, 64, 64, 4, 2)),
+)
+
 INTERPRETER = Tile(16, 16, 16, 1, 1)
 FUSION_Z_BUCKETS = (16, 32, 64)
 FUSION_K_BUCKETS = (16, 32, 64)
@@ -132,3 +140,17 @@ def all_fusion_tiles() -> Iterator[Tuple[str, int, int, str, Tile]]:
                     tile = _lookup(FUSION, kernel, bz, bk, dt)
                     yield kernel, bz, bk, dt, tile._replace(block_n=bz,
                                                             block_k=bk if kernel == "vf_fwd" else 0)
+
+
+def row_conv_tile(kernel: str, dtype: torch.dtype, gpu: bool = None) -> Tile:
+    """The tile of a row-convolution kernel ("fwd", "bwd_dx", "bwd_dw")."""
+    if not (gpu if gpu is not None else not interpreting()):
+        return INTERPRETER
+    return _lookup(ROW_CONV, kernel, ANY, ANY, dtype_name(dtype))
+
+
+def all_row_conv_tiles() -> Iterator[Tuple[str, str, Tile]]:
+    """Every (kernel, dtype, tile) a row-convolution launcher can choose on a GPU."""
+    for kernel in ("fwd", "bwd_dx", "bwd_dw"):
+        for dt in DTYPES:
+            yield kernel, dt, _lookup(ROW_CONV, kernel, ANY, ANY, dt)

@@ -18,9 +18,13 @@ from .shapes import AttentionShape
 
 ATTENTION_PROVIDERS = ("eager", "sdpa", "varlen_fa2", "flex", "xformers", "triton")
 FUSION_PROVIDERS = ("eager", "compile", "triton")
-# eager / compile: the reference model, as is and under torch.compile; triton: the fused model;
-# triton_compile: the fused model under torch.compile (its kernels are custom operators).
-MODEL_PROVIDERS = ("eager", "compile", "triton", "triton_compile")
+# eager / compile / compile_ro: the reference model, as is and under torch.compile (default and
+# reduce-overhead modes); triton: the fused model; triton_compile: the fused model under
+# torch.compile (its kernels are custom operators); triton_graph: the fused model replayed from a
+# CUDA graph per shape bucket (cmath_fast.graphs, what the trainer runs on CUDA).
+MODEL_PROVIDERS = ("eager", "compile", "compile_ro", "triton", "triton_compile", "triton_graph")
+# The epoch rows: the trainer's loop and evaluation over a synthetic preset.
+EPOCH_PROVIDERS = ("eager", "triton", "triton_graph")
 # bf16: bf16 weights and features; bf16-mixed: fp32 weights under torch.autocast(bfloat16).
 MODEL_PRECISIONS = ("bf16", "bf16-mixed")
 

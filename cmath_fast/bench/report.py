@@ -49,6 +49,15 @@ def markdown_table(rows: Sequence[Dict[str, object]]) -> str:
         cells += [f"{g[p]['median_us'] / floor:.1f}" if p in g and not math.isnan(floor) else "—"
                   for p in providers]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    epochs = [r for r in rows if not math.isnan(float(r.get("items_per_s", float("nan"))))]
+    if epochs:
+        lines += ["", "Epochs, dialogues per second:", ""]
+        eprov = sorted({r["provider"] for r in epochs}, key=lambda p: (p != "eager", p))
+        lines.append("| op | shape | dtype | " + " | ".join(eprov) + " |")
+        lines.append("|" + "---|" * (3 + len(eprov)))
+        for key in sorted({(r["op"], r["shape"], r["dtype"]) for r in epochs}):
+            per = {r["provider"]: r["items_per_s"] for r in epochs if (r["op"], r["shape"], r["dtype"]) == key}
+            lines.append("| " + " | ".join(list(key) + [f"{per[p]:.1f}" if p in per else "—" for p in eprov]) + " |")
     first = rows[0] if rows else {}
     lines.append("")
     lines.append(f"GPU {first.get('gpu', '?')}, torch {first.get('torch', '?')}, Triton "

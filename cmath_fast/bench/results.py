@@ -9,9 +9,11 @@ import re
 from typing import Dict, List
 
 HEADER = ["op", "shape", "mode", "dtype", "provider", "median_us", "p20_us", "p80_us", "tflops",
-          "gbps", "peak_mb", "gpu", "torch", "triton", "date", "floor_us"]
-# The schema before floor_us: still read (floor_us then NaN).
-HEADER_V1 = HEADER[:-1]
+          "gbps", "peak_mb", "gpu", "torch", "triton", "date", "floor_us", "items_per_s"]
+# Older schemas, still read: before floor_us (v1) and before items_per_s (v2); missing fields NaN.
+HEADER_V1 = HEADER[:-2]
+HEADER_V2 = HEADER[:-1]
+# items_per_s: dialogues per second for the epoch rows (cmath_train_epoch, cmath_eval_epoch).
 
 
 def environment() -> Dict[str, str]:
@@ -34,7 +36,8 @@ def default_csv_path(root: str = "bench/results") -> str:
 
 def append_row(path: str, row: Dict[str, object]) -> None:
     """Append one result (missing environment fields filled in); writes the header to a new file."""
-    full = dict(environment(), floor_us=float("nan"))  # NaN: a GPU without measured peaks
+    # NaN: a GPU without measured peaks; a row that is not an epoch
+    full = dict(environment(), floor_us=float("nan"), items_per_s=float("nan"))
     full.update({k: v for k, v in row.items() if v is not None})
     missing = [k for k in HEADER if k not in full]
     if missing:
@@ -62,11 +65,11 @@ def _fmt(v):
 def read_rows(path: str) -> List[Dict[str, object]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames not in (HEADER, HEADER_V1):
+        if reader.fieldnames not in (HEADER, HEADER_V1, HEADER_V2):
             raise ValueError(f"{path}: header {reader.fieldnames} is not the benchmark schema {HEADER}")
         rows = []
         for r in reader:
-            for k in ("median_us", "p20_us", "p80_us", "tflops", "gbps", "peak_mb", "floor_us"):
+            for k in ("median_us", "p20_us", "p80_us", "tflops", "gbps", "peak_mb", "floor_us", "items_per_s"):
                 r[k] = float(r[k]) if r.get(k) not in ("", None) else float("nan")
             rows.append(r)
         return rows

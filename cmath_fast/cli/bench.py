@@ -20,8 +20,12 @@ def cmd_bench(args) -> int:
         print(report(paths, args.out))
         print(f"\nplots and report.md written to {args.out}")
         return 0
+    if args.action and args.action[0] == "padding":
+        from ..bench.padding import padding_table
+        print(padding_table())
+        return 0
     if args.action:
-        raise CLIError(f"bench: unknown action {args.action[0]!r} (expected 'report' or none)")
+        raise CLIError(f"bench: unknown action {args.action[0]!r} (expected 'report', 'padding' or none)")
     if args.count_ops:
         use_interpreter_without_cuda()
         from ..bench.count_ops import count_training_step
@@ -87,7 +91,9 @@ def cmd_profile(args) -> int:
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("bench", help="run pytest bench/, count device ops, or report results")
-    s.add_argument("action", nargs="*", help="'report CSV...' to turn result CSVs into plots and a table")
+    s.add_argument("action", nargs="*", help="'report CSV...' to turn result CSVs into plots and a table; "
+                                              "'padding': rows computed per valid utterance, eager vs the "
+                                              "CUDA-graph buckets")
     s.add_argument("--count-ops", action="store_true",
                    help="count device operations of one training step, reference vs fused")
     s.add_argument("--preset", default="tiny", choices=["tiny", "iemocap", "meld"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from .common import CLIError, load_data
@@ -37,7 +38,8 @@ def cmd_train(args) -> int:
         device=args.device, backend=args.backend, resume=args.resume, progress=not args.no_progress,
         max_grad_norm=5.0 if args.clip_grad_norm is None else args.clip_grad_norm,
         valid_fraction=args.valid_fraction, on_nonfinite=args.on_nonfinite, override=args.override,
-        precision=args.precision)
+        precision=args.precision, cuda_graphs=args.cuda_graphs, deterministic=args.deterministic,
+        group_by_length=args.group_by_length)
     explicit = set(fields)
     if args.select_on is not None:
         explicit.add("select_on")
@@ -98,7 +100,7 @@ def cmd_evaluate(args) -> int:
     model, data = _model_and_data(args)
     dialogues = data.split(args.split)
     names = model.cfg.labels()
-    m = evaluate_model(model, dialogues, args.batch_size, args.device, names)
+    m = evaluate_model(model, dialogues, args.batch_size, args.device, names, cuda_graphs=args.cuda_graphs)
     if args.out:  # written before anything is printed: a closed pipe cannot lose it
         atomic_write_text(args.out, json.dumps(dict(public(m), split=args.split), indent=2))
     print(f"{args.split}: {len(dialogues)} dialogues, {m['n_utterances']} utterances")
@@ -131,7 +133,8 @@ def cmd_predict(args) -> int:
     dialogues = data.split(args.split) if args.split != "all" else list(data.dialogues.values())
     names = model.cfg.labels()
     lines = []
-    for d, probs in predict_dialogues(model, dialogues, args.batch_size, args.device):
+    for d, probs in predict_dialogues(model, dialogues, args.batch_size, args.device,
+                                       cuda_graphs=args.cuda_graphs):
         lines.extend(prediction_rows(d, probs, names))
     atomic_write_text(args.out, "\n".join(lines) + ("\n" if lines else ""))
     print(f"{len(lines)} predictions for {len(dialogues)} dialogues written to {args.out}")
@@ -178,6 +181,15 @@ def add_parsers(sub) -> None:
     s.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
                    help="a NaN/inf loss: stop the run (earlier checkpoints kept), or skip that step")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="on CUDA, replay the training step and evaluation from CUDA graphs, one per shape "
+                        "bucket (default on; off with fp16-mixed and --on-nonfinite skip)")
+    s.add_argument("--group-by-length", action="store_true",
+                   help="batches of dialogues of similar length: less padding, a different batch order "
+                        "(see `cmath-fast bench padding`)")
+    s.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only (torch.use_deterministic_algorithms): a rerun with "
+                        "the same seed is bit-identical on CUDA too, a little slower")
     s.set_defaults(func=cmd_train)
 
     for name, helptext in (("evaluate", "metrics and a classification report of a checkpoint"),
@@ -191,6 +203,8 @@ def add_parsers(sub) -> None:
         s.add_argument("--batch-size", type=int, default=16)
         s.add_argument("--device", default="cpu")
         s.add_argument("--backend", default="auto")
+        s.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                       help="on CUDA, replay inference from CUDA graphs (default on)")
         s.add_argument("--out", required=name == "predict", default=None,
                        help="FILE.jsonl" if name == "predict" else "also write the metrics as JSON")
         s.set_defaults(func=cmd_evaluate if name == "evaluate" else cmd_predict)

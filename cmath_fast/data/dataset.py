@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -163,12 +163,41 @@ class Batch:
     def inputs(self):
         return self.text, self.audio, self.visual, self.speakers, self.lengths
 
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(dialogues, padded length)."""
+        return tuple(self.speakers.shape)
 
-def collate(dialogues: Sequence[Dialogue]) -> Batch:
-    """Right-pad a list of dialogues into one batch (padded labels are -1)."""
+    def padded(self, B: int, L: int) -> "Batch":
+        """The batch padded to B dialogues of length L: extra dialogues are empty (length 0), extra
+        positions padding (features 0, labels -1). Inert through the model's masks; ``ids`` keeps
+        the real dialogues only."""
+        b, l = self.shape
+        if (b, l) == (B, L):
+            return self
+        if B < b or L < l:
+            raise ValueError(f"Batch.padded: cannot pad a ({b}, {l}) batch to ({B}, {L})")
+
+        def pad(t, value=0):
+            out = t.new_full((B, L) + tuple(t.shape[2:]), value)
+            out[:b, :l] = t
+            return out
+        lengths = self.lengths.new_zeros(B)
+        lengths[:b] = self.lengths
+        return Batch(pad(self.text), pad(self.audio), pad(self.visual), pad(self.speakers), lengths,
+                     pad(self.labels, -1), self.ids)
+
+
+def collate(dialogues: Sequence[Dialogue], shape: Optional[Tuple[int, int]] = None) -> Batch:
+    """Right-pad a list of dialogues into one batch (padded labels are -1); ``shape`` (B, L): pad
+    further, to B dialogues (the extra ones empty) of length L."""
     B = len(dialogues)
     L = max((len(d) for d in dialogues), default=0)
     L = max(L, 1)
+    if shape is not None:
+        if shape[0] < B or shape[1] < L:
+            raise ValueError(f"collate: {B} dialogues of up to {L} utterances do not fit shape {shape}")
+        B, L = shape
     feats = {}
     for m in MODALITIES:
         D = dialogues[0].feature(m).shape[1]
@@ -181,20 +210,48 @@ def collate(dialogues: Sequence[Dialogue]) -> Batch:
     for b, d in enumerate(dialogues):
         speakers[b, : len(d)] = d.speakers
         labels[b, : len(d)] = d.labels
-    return Batch(feats["t"], feats["a"], feats["v"], torch.from_numpy(speakers),
-                 torch.tensor([len(d) for d in dialogues], dtype=torch.long),
+    lengths = torch.zeros(B, dtype=torch.long)
+    lengths[: len(dialogues)] = torch.tensor([len(d) for d in dialogues], dtype=torch.long)
+    return Batch(feats["t"], feats["a"], feats["v"], torch.from_numpy(speakers), lengths,
                  torch.from_numpy(labels), [d.id for d in dialogues])
 
 
 def iterate_batches(dialogues: Sequence[Dialogue], batch_size: int, *, shuffle: bool = False,
-                    generator: Optional[torch.Generator] = None, pin: bool = False) -> Iterator[Batch]:
+                    generator: Optional[torch.Generator] = None, pin: bool = False,
+                    bucket: Optional[Callable[[int, int], Tuple[int, int]]] = None,
+                    group_by_length: bool = False) -> Iterator[Batch]:
     """Batches of ``batch_size`` dialogues (in a seeded order when ``shuffle``); ``pin``: in pinned
-    host memory, for non-blocking copies to a GPU."""
-    order = torch.randperm(len(dialogues), generator=generator).tolist() if shuffle \
-        else list(range(len(dialogues)))
-    for start in range(0, len(order), batch_size):
-        batch = collate([dialogues[i] for i in order[start:start + batch_size]])
+    host memory, for non-blocking copies to a GPU; ``bucket(n_dialogues, longest)`` -> the (B, L)
+    each batch is padded to (the static shapes of CUDA graphs); ``group_by_length``: batches of
+    dialogues of similar length (less padding) — the shuffled order is cut into pools of
+    ``GROUP_POOL`` batches, each pool sorted by length and cut into batches, and the batches
+    shuffled (seeded)."""
+    for chunk in batch_indices([len(d) for d in dialogues], batch_size, shuffle=shuffle, generator=generator,
+                               group_by_length=group_by_length):
+        chunk = [dialogues[i] for i in chunk]
+        shape = bucket(len(chunk), max(len(d) for d in chunk)) if bucket is not None else None
+        batch = collate(chunk, shape)
         yield batch.pin_memory() if pin else batch
+
+
+GROUP_POOL = 32
+
+
+def batch_indices(lengths: Sequence[int], batch_size: int, *, shuffle: bool = False,
+                  generator: Optional[torch.Generator] = None, group_by_length: bool = False) -> List[List[int]]:
+    """The dialogue indices of each batch, as ``iterate_batches`` draws them."""
+    n = len(lengths)
+    order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    pool = batch_size * GROUP_POOL
+    batches = []
+    for start in range(0, n, pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
 
 
 def num_batches(n: int, batch_size: int) -> int:

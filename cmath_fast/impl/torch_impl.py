@@ -20,8 +20,9 @@ class TorchImplementation(Implementation):
         n_valid = mask.sum().clamp_min(1).to(torch.float32)
         codes, rec = {}, feats["t"].new_zeros(())
         with nvtx_range("reconstruction"):
+            rows = self.row_layout(mask, lengths)
             for m in MODALITIES:
-                z, x_hat, x_std = self.reconstruct(model.encoders[m], feats[m], mask)
+                z, x_hat, x_std = self.reconstruct(model.encoders[m], feats[m], mask, rows)
                 if x_hat is not None:
                     rec = rec + (x_hat - x_std).pow(2).sum() / (n_valid * x_std.shape[-1])
                 codes[m] = z
@@ -35,7 +36,12 @@ class TorchImplementation(Implementation):
                 hidden = self.self_attention(model.aux_encoders, hidden, lengths)
         return hidden, rec
 
-    def reconstruct(self, encoder, x, mask):
+    def row_layout(self, mask, lengths):
+        """What ``reconstruct`` needs besides the mask, computed once for the three modalities
+        (the reference needs nothing)."""
+        return None
+
+    def reconstruct(self, encoder, x, mask, rows=None):
         """One modality's U-Net (or projection): (Z_m, X_hat_m or None, standardised X_m)."""
         return encoder(x, mask)
 

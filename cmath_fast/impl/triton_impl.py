@@ -8,8 +8,8 @@ reference modules.
   modalities with one stream each.
 - fuse: the reference VariationalFusion's forward with the fused latent ops.
 - heads: the fine heads batched over the centrals.
-- encode: the reference U-Nets and embeddings (inherited; ``reconstruct`` is the hook for a
-  transpose-free U-Net).
+- encode: the U-Net on the row-major layout — each Conv1d a ``row_conv`` (bias, GELU and the
+  padding mask fused; no channel-first transposes) — then the reference embeddings.
 Every hyper-parameter (activation, dropout rates and training flags, norm eps, layer count,
 gating, joint softmax) is read from the modules or the config.
 """
@@ -22,8 +22,9 @@ import torch
 
 from ..config import MODALITIES
 from ..ops import cross_modal_attention_packed, poe_fusion, variational_fusion
+from ..ops.row_conv import dialogue_rows, row_conv
 from ..ops.cross_modal_attention import MAX_HEAD_DIM
-from ..reference.layers import CMALayer, stream_order
+from ..reference.layers import CMALayer, ModalityProjection, stream_order
 from .batched import batched_linear, dropout, kv_projection, stacked_layer_norm
 from .torch_impl import TorchImplementation
 
@@ -78,6 +79,25 @@ class TritonImplementation(TorchImplementation):
             reasons.append(f"head dim {cfg.head_dim} (d_model {cfg.d_model} / {cfg.num_heads} heads) "
                            f"exceeds the attention kernel's {MAX_HEAD_DIM}")
         return reasons
+
+    def row_layout(self, mask, lengths):
+        return dialogue_rows(lengths, mask.shape[1])
+
+    def reconstruct(self, encoder, x, mask, rows=None):
+        """The reference U-Net's math on rows (B*L, channels): same Conv1d parameters, read in place."""
+        if isinstance(encoder, ModalityProjection):
+            return encoder(x, mask)
+        pos, lens = rows if rows is not None else self.row_layout(mask, mask.sum(1))
+        B, L, D = x.shape
+        x_std = encoder.standardise(x, mask)
+
+        def conv(layer, h, act):
+            return row_conv(h, layer.weight, layer.bias, pos, lens, activation=act)
+        skip = conv(encoder.enc1, x_std.reshape(B * L, D), "gelu")
+        z = conv(encoder.enc2, dropout(skip, encoder.dropout), "gelu")
+        u = conv(encoder.dec1, z, "gelu")
+        x_hat = conv(encoder.dec2, torch.cat([u, skip], dim=-1) if encoder.skip else u, None)
+        return z.view(B, L, -1), x_hat.view(B, L, D), x_std
 
     def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths) -> Dict[str, torch.Tensor]:
         names = [m for m in MODALITIES if m in hidden]

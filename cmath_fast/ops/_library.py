@@ -19,6 +19,9 @@ Operators (optional outputs that were not asked for come back as empty tensors):
     poe_fwd(mu, logvar, eps?, row_mask?, seed, training, logvar_clamp, return_eps)
         -> (z, kl (N,) fp32, drawn noise or empty)
     poe_bwd(mu, logvar, dz?, dkl?, eps?, row_mask?, seed, training, logvar_clamp) -> (dmu, dlogvar)
+    row_conv_fwd(x, weight, bias?, pos, len, pad, act, save_pre) -> (y, pre or empty)
+    row_conv_bwd(dy, x, weight, pre, pos, len, pad, act, has_bias, need_dx)
+        -> (dx or empty, dW fp32, db fp32 or empty)
 ``seed`` is a (1,) int64 tensor on the op's device, drawn from torch's generator for that device
 and read by the kernels through a pointer: it never crosses to the host, so a captured CUDA graph
 draws fresh masks and noise on every replay.
@@ -148,6 +151,36 @@ def _poe_bwd_fake(mu, logvar, dz, dkl, eps, row_mask, seed, training, logvar_cla
     return mu.new_empty(tuple(mu.shape)), logvar.new_empty(tuple(logvar.shape))
 
 
+def _row_conv_fwd(x, weight, bias, pos, lens, pad, act, save_pre):
+    from ..kernels.row_conv import row_conv_fwd
+    x = _last_dim_dense(x)
+    bias, pos, lens = _dense(bias, pos, lens)
+    y, pre = row_conv_fwd(x, weight, bias, pos, lens, pad, act, save_pre)
+    return y, (pre if pre is not None else _empty(x))
+
+
+def _row_conv_fwd_fake(x, weight, bias, pos, lens, pad, act, save_pre):
+    shape = (x.shape[0], weight.shape[0])
+    return x.new_empty(shape), (x.new_empty(shape) if (save_pre and act) else _empty(x))
+
+
+def _row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx):
+    from ..kernels.row_conv import row_conv_bwd
+    dy, x = _last_dim_dense(dy), _last_dim_dense(x)
+    pre, pos, lens = _dense(pre, pos, lens)
+    dx, dw, db = row_conv_bwd(dy, x, weight, pre if pre.numel() else None, pos, lens, pad, act, has_bias,
+                              need_dx, True)
+    f32 = dict(dtype=torch.float32)
+    return (dx if dx is not None else _empty(x), dw,
+            db if db is not None else x.new_empty((0,), **f32))
+
+
+def _row_conv_bwd_fake(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx):
+    f32 = dict(dtype=torch.float32)
+    return (x.new_empty(tuple(x.shape)) if need_dx else _empty(x), weight.new_empty(tuple(weight.shape), **f32),
+            weight.new_empty((weight.shape[0],) if has_bias else (0,), **f32))
+
+
 SCHEMAS = {
     "cma_fwd": ("(Tensor q, Tensor k, Tensor v, Tensor? gates, Tensor q_len, Tensor kv_len, Tensor? seed, "
                 "float sm_scale, float dropout_p, bool joint, bool store_ungated) -> (Tensor, Tensor, Tensor)",
@@ -164,6 +197,10 @@ SCHEMAS = {
                 "float logvar_clamp, bool return_eps) -> (Tensor, Tensor, Tensor)", _poe_fwd, _poe_fwd_fake),
     "poe_bwd": ("(Tensor mu, Tensor logvar, Tensor? dz, Tensor? dkl, Tensor? eps, Tensor? row_mask, Tensor? seed, "
                 "bool training, float logvar_clamp) -> (Tensor, Tensor)", _poe_bwd, _poe_bwd_fake),
+    "row_conv_fwd": ("(Tensor x, Tensor weight, Tensor? bias, Tensor pos, Tensor lens, int pad, int act, "
+                     "bool save_pre) -> (Tensor, Tensor)", _row_conv_fwd, _row_conv_fwd_fake),
+    "row_conv_bwd": ("(Tensor dy, Tensor x, Tensor weight, Tensor pre, Tensor pos, Tensor lens, int pad, int act, "
+                     "bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor)", _row_conv_bwd, _row_conv_bwd_fake),
 }
 
 _REGISTERED, REASON = library_status()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..data.dataset import Dialogue, iterate_batches
+from ..graphs import GraphedPredictor
 from ..model import CMATH
 from ..step import autocast_context
 from .errors import explain_oom
@@ -28,26 +29,38 @@ def metrics_from(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[s
 
 @torch.no_grad()
 def predict_dialogues(model: CMATH, dialogues: Sequence[Dialogue], batch_size: int, device: str,
-                      precision: str = "fp32"):
+                      precision: str = "fp32", predictor: Optional[GraphedPredictor] = None,
+                      cuda_graphs: bool = True):
     """-> list of (dialogue, probabilities (L, C) numpy) in the order given. ``precision``: as the
-    model was trained (cmath_fast.step.PRECISIONS); the features are cast to the weights' dtype."""
+    model was trained (cmath_fast.step.PRECISIONS); the features are cast to the weights' dtype.
+    On CUDA (unless ``cuda_graphs`` is False) the calls replay CUDA graphs, one per shape bucket:
+    ``predictor`` keeps them between calls (the trainer evaluates every epoch)."""
     model.eval()
+    if predictor is None and cuda_graphs and torch.device(device).type == "cuda":
+        predictor = GraphedPredictor(model, batch_size=batch_size, precision=precision)
     out = []
     feat_dtype = model.coarse_head.weight.dtype
-    for batch in iterate_batches(dialogues, batch_size):
-        b = batch.to(device, feat_dtype)
-        with explain_oom(batch, device), autocast_context(precision, torch.device(device).type):
-            probs = torch.softmax(model(*b.inputs()).logits.float(), dim=-1).cpu().numpy()
-        for i, vid in enumerate(batch.ids):
-            n = int(batch.lengths[i])
-            out.append((vid, probs[i, :n]))
+    bucket = predictor.bucket if predictor is not None else None
+    for batch in iterate_batches(dialogues, batch_size, bucket=bucket, pin=predictor is not None):
+        with explain_oom(batch, device):
+            if predictor is not None:
+                logits = predictor(batch)
+            else:
+                b = batch.to(device, feat_dtype)
+                with autocast_context(precision, torch.device(device).type):
+                    logits = model(*b.inputs()).logits
+            # kept on the device: the host reads every batch's probabilities once, at the end
+            out.append((batch.ids, batch.lengths, torch.softmax(logits.float(), dim=-1)))
+    out = [(vid, probs[i, : int(lengths[i])]) for ids, lengths, dev in out
+           for probs in (dev.cpu().numpy(),) for i, vid in enumerate(ids)]
     by_id = {d.id: d for d in dialogues}
     return [(by_id[vid], p) for vid, p in out]
 
 
 def evaluate_model(model: CMATH, dialogues: Sequence[Dialogue], batch_size: int, device: str,
-                   class_names: Sequence[str], precision: str = "fp32") -> dict:
-    preds = predict_dialogues(model, dialogues, batch_size, device, precision)
+                   class_names: Sequence[str], precision: str = "fp32",
+                   predictor: Optional[GraphedPredictor] = None, cuda_graphs: bool = True) -> dict:
+    preds = predict_dialogues(model, dialogues, batch_size, device, precision, predictor, cuda_graphs)
     y_true = np.concatenate([d.labels for d, _ in preds]) if preds else np.zeros(0, dtype=np.int64)
     y_pred = np.concatenate([p.argmax(-1) for _, p in preds]) if preds else np.zeros(0, dtype=np.int64)
     result = metrics_from(y_true, y_pred, class_names)

@@ -22,6 +22,7 @@ import torch
 
 from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
 from ..data.dataset import MERData, feature_stats, iterate_batches, num_batches
+from ..graphs import GraphedPredictor, GraphedTrainer, capture_blockers
 from ..io import atomic_write_text
 from ..model import CMATH
 from ..step import make_grad_scaler, train_step, weight_dtype
@@ -66,19 +67,19 @@ class EpochTerms:
         self.every = every
         self.order: List[str] = []
         self.names: List[str] = []
-        self.beta = 0.0
+        self.beta = None
         self.sums = self.count = self.bad_step = self.bad = None
 
     def add(self, step: int, terms: Dict[str, torch.Tensor]) -> None:
         if self.sums is None:
             self.order = list(terms)
-            self.names = [k for k in terms if k != "beta"]  # beta is a host value
+            self.names = [k for k in terms if k != "beta"]  # beta: the epoch's weight, not summed
             device = terms["total"].device
             self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
             self.bad = torch.zeros_like(self.sums)
             self.count = torch.zeros((), dtype=torch.float64, device=device)
             self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
-        self.beta = float(terms["beta"])
+        self.beta = terms["beta"]  # read on the host with the means (no sync per step)
         vec = torch.stack([terms[k].double() for k in self.names])
         finite = torch.isfinite(vec).all()
         self.sums += torch.where(finite, vec, torch.zeros_like(vec))
@@ -101,8 +102,15 @@ class EpochTerms:
         if self.sums is None:
             return {}
         means = dict(zip(self.names, (self.sums / self.count.clamp_min(1.0)).tolist()))
-        means["beta"] = self.beta
+        means["beta"] = float(self.beta) if self.beta is not None else 0.0
         return {k: means[k] for k in self.order}
+
+
+def set_deterministic() -> None:
+    """``--deterministic``: deterministic algorithms only (embedding and gather backward use atomics
+    otherwise), with the cuBLAS workspace setting they require on CUDA."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
 
 
 def make_optimizer(model: CMATH, opts: TrainOptions) -> torch.optim.Optimizer:
@@ -154,6 +162,8 @@ def _train_one(cfg, data, opts, out_dir, log):
         else:
             log(f"--resume: no usable checkpoint in {out_dir} (no last.safetensors); starting a new run")
 
+    if opts.deterministic:
+        set_deterministic()
     torch.manual_seed(opts.seed)
     precision = opts.resolved_precision()
     model = CMATH(cfg, backend=opts.backend)
@@ -185,6 +195,15 @@ def _train_one(cfg, data, opts, out_dir, log):
     skip = opts.on_nonfinite == "skip"
     every = 1 if torch.device(opts.device).type == "cpu" else DEVICE_SYNC_EVERY
     pin = torch.device(opts.device).type == "cuda"  # non-blocking host-to-device copies
+    graphed = predictor = None
+    if opts.cuda_graphs and pin:
+        blockers = capture_blockers(opts.device, precision, skip, opt)
+        if blockers:
+            log("CUDA graphs off: " + "; ".join(blockers))
+        else:
+            graphed = GraphedTrainer(model, opt, batch_size=opts.batch_size, precision=precision,
+                                     max_grad_norm=opts.max_grad_norm)
+            predictor = GraphedPredictor(model, batch_size=opts.batch_size, precision=precision)
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -192,12 +211,16 @@ def _train_one(cfg, data, opts, out_dir, log):
         n_skipped = 0
         terms_sum = EpochTerms(every)
         bar = _progress(n_steps, f"epoch {epoch}", progress)
-        for step, batch in enumerate(iterate_batches(train_d, opts.batch_size, shuffle=True,
-                                                     generator=shuffle_gen, pin=pin)):
-            b = batch.to(opts.device, weight_dtype(precision))
+        for step, batch in enumerate(iterate_batches(train_d, opts.batch_size, shuffle=True, generator=shuffle_gen,
+                                                     pin=pin, bucket=graphed.bucket if graphed else None,
+                                                     group_by_length=opts.group_by_length)):
             with explain_oom(batch, opts.device):
-                total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
-                                          skip_nonfinite=skip, precision=precision, scaler=scaler)
+                if graphed is not None:
+                    total, terms = graphed.step(batch, epoch)
+                else:
+                    b = batch.to(opts.device, weight_dtype(precision))
+                    total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
+                                              skip_nonfinite=skip, precision=precision, scaler=scaler)
             # skip mode read the loss on the host in train_step already
             if skip and not bool(torch.isfinite(total)):
                 n_skipped += 1
@@ -218,8 +241,10 @@ def _train_one(cfg, data, opts, out_dir, log):
                         f"wrote nothing for this epoch: {kept}. Lower --lr, or --on-nonfinite skip")
                 bar.set_postfix(loss=f"{terms_sum.means()['total']:.3f}")
         bar.close()
-        sel = evaluate_model(model, select_d, opts.batch_size, opts.device, names, precision)
-        tst = evaluate_model(model, test_d, opts.batch_size, opts.device, names, precision) if test_d else sel
+        sel = evaluate_model(model, select_d, opts.batch_size, opts.device, names, precision, predictor,
+                             opts.cuda_graphs)
+        tst = evaluate_model(model, test_d, opts.batch_size, opts.device, names, precision, predictor,
+                             opts.cuda_graphs) if test_d else sel
         means = terms_sum.means()
         row = {"epoch": epoch, "train_loss": means.get("total", 0.0)}
         row.update({f"train_{k}": v for k, v in means.items() if k != "total"})

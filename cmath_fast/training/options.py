@@ -31,6 +31,9 @@ class TrainOptions:
     protocol: str = "cmath-fast"
     protocol_overrides: Tuple[str, ...] = ()  # settings given explicitly over the protocol's
     on_nonfinite: str = "stop"  # a non-finite loss: "stop" the run, or "skip" the step
+    group_by_length: bool = False  # batches of dialogues of similar length (less padding)
+    cuda_graphs: bool = True  # on CUDA: replay the training step and inference from CUDA graphs
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns on CUDA
     stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
 
     def resolved_precision(self) -> str:

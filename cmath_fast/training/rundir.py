@@ -20,6 +20,7 @@ _HELD: Dict[str, int] = {}  # lock paths this process holds -> nesting depth
 
 # Options that may change on resume: they do not change what the run computes.
 RESUME_FREE_OPTIONS = {"epochs", "device", "backend", "resume", "override", "progress", "precision",
+                       "cuda_graphs", "deterministic",
                        "stop_after_epoch", "protocol_overrides"}
 
 

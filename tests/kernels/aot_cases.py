@@ -95,8 +95,9 @@ def attention_cases():
 def all_cases():
     cases = attention_cases()
     try:
-        from tests.kernels.aot_cases_fusion import fusion_cases
+        from tests.kernels.aot_cases_fusion import fusion_cases, row_conv_cases
     except ImportError:
         return cases
     cases.update(fusion_cases())
+    cases.update(row_conv_cases())
     return cases

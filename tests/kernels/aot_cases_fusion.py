@@ -1,4 +1,5 @@
-"""Ahead-of-time compile cases of the variational-fusion kernels (see aot_cases.py)."""
+"""Ahead-of-time compile cases of the variational-fusion and U-Net row-convolution kernels (see
+aot_cases.py)."""
 
 from tests.kernels.aot import TYPES
 from tests.kernels.aot_cases import FULL
@@ -60,4 +61,37 @@ def fusion_cases():
                 cases[f"launcher-fusion-poe-{kind}-{dtype}-{t.block_m}x{bz}"] = poe(kind, dtype, t.block_m, bz) + launch
     cases["fusion-fwd-fp32-64x64x64"] = vf_fwd("fp32", 64, 64, 64) + (8, 3)
     cases["fusion-fwd-fp16-64x64x64-eps"] = vf_fwd("fp16", 64, 64, 64, has_eps=True) + (8, 3)
+    return cases
+
+
+def row_conv(kernel, dtype, t, K=3, act=1):
+    from cmath_fast.kernels import row_conv as rc
+    tp = TYPES[dtype]
+    flags = dict(K=K, PAD=K // 2, ACT=act, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+                 UPCAST=dtype == "fp32", PRECISION="ieee" if dtype == "fp32" else "tf32")
+    ints = {"POS": "*i32", "LEN": "*i32"}
+    if kernel == "fwd":
+        ptr = dict(X=tp, W=tp, BIAS=tp, Y=tp, PRE=tp, **ints)
+        return rc._row_conv_fwd_kernel, ptr, dict(flags, HAS_BIAS=True, SAVE_PRE=True)
+    if kernel == "bwd_dx":
+        ptr = dict(DY=tp, PRE=tp, W=tp, DX=tp, **ints)
+        return rc._row_conv_bwd_dx_kernel, ptr, flags
+    ptr = dict(X=tp, DY=tp, PRE=tp, DW="*fp32", DB="*fp32", **ints)
+    return rc._row_conv_bwd_dw_kernel, ptr, dict(flags, HAS_BIAS=True)
+
+
+def row_conv_cases():
+    """Every row-convolution tile a launcher can choose (checked for spills), k = 3 with GELU, and
+    the decoder's k = 1 without."""
+    from cmath_fast.kernels.configs import all_row_conv_tiles
+
+    cases = {}
+    dtypes = list(TYPES) if FULL else ["bf16"]
+    for kernel, dtype, t in all_row_conv_tiles():
+        if dtype not in dtypes:
+            continue
+        launch = (t.num_warps, t.num_stages)
+        cases[f"launcher-rowconv-{kernel}-{dtype}-{t.block_m}x{t.block_n}x{t.block_k}"] = row_conv(kernel, dtype, t) + launch
+        if dtype == "bf16":
+            cases[f"rowconv-{kernel}-k1-linear"] = row_conv(kernel, dtype, t, K=1, act=0) + launch
     return cases

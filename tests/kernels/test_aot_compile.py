@@ -17,12 +17,16 @@ def reports():
 
 
 def test_every_launcher_tile_is_compiled():
-    from cmath_fast.kernels.configs import all_attention_tiles, all_fusion_tiles
+    from cmath_fast.kernels.configs import all_attention_tiles, all_fusion_tiles, all_row_conv_tiles
     compiled = {(c[2].get("BLOCK_M", c[2].get("BLOCK_N")), c[3], c[4]) for n, c in CASES.items()
                 if n.startswith("launcher-")}
     for kernel, _, _, dtype, t in list(all_attention_tiles()) + list(all_fusion_tiles()):
         if dtype == "bf16":
             assert (t.block_m, t.num_warps, t.num_stages) in compiled, f"{kernel} {t} is never compiled"
+    for kernel, dtype, t in all_row_conv_tiles():
+        if dtype == "bf16":
+            assert any(n.startswith(f"launcher-rowconv-{kernel}-bf16-{t.block_m}x{t.block_n}x{t.block_k}")
+                       for n in CASES), f"row conv {kernel} {t} is never compiled"
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -179,10 +179,13 @@ def _compiled_variants(kernel):
 
 def test_no_new_variant_over_many_calls_in_one_bucket():
     from cmath_fast.kernels import cross_modal_attention as cma
+    from cmath_fast.kernels import row_conv as rc
     from cmath_fast.kernels import variational_fusion as vf
     from cmath_fast.ops import cross_modal_attention_packed, variational_fusion
+    from cmath_fast.ops.row_conv import dialogue_rows, row_conv
     kernels = [cma._cma_fwd_kernel, cma._cma_bwd_preprocess_kernel, cma._cma_bwd_dkdv_kernel,
-               cma._cma_bwd_dq_kernel, vf._vf_fwd_kernel, vf._vf_bwd_kernel]
+               cma._cma_bwd_dq_kernel, vf._vf_fwd_kernel, vf._vf_bwd_kernel, rc._row_conv_fwd_kernel,
+               rc._row_conv_bwd_dx_kernel, rc._row_conv_bwd_dw_kernel]
     gen = torch.Generator().manual_seed(0)
     S, H, dh, d = 3, 4, 32, 64
 
@@ -195,7 +198,11 @@ def test_no_new_variant_over_many_calls_in_one_bucket():
         e = torch.randn(N, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         w = torch.randn(2 * d, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         z, kl = variational_fusion(e, w, None, training=True)
-        (out.float().sum() + z.float().sum() + kl.float().sum()).backward()
+        pos, ln = dialogue_rows(lens, L)
+        x = torch.randn(B * L, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        cw = torch.randn(2 * d, d, 3, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        y = row_conv(x, cw, None, pos, ln, activation="gelu")
+        (out.float().sum() + z.float().sum() + kl.float().sum() + y.float().sum()).backward()
 
     for B, L, N in ((2, 40, 50), (5, 64, 301)):  # warm-up: the bucket's variants compile here
         call(B, L, N)
