@@ -99,3 +99,18 @@ def test_load_model_round_trip(tmp_path, small_data):
     train_one(cfg, small_data, TrainOptions(epochs=1, progress=False), str(tmp_path), log=lambda *_: None)
     model, meta = load_model(str(tmp_path))
     assert model.cfg == cfg and meta["select_on"] == "valid"
+
+
+def test_deterministic_grouped_runs_repeat_bit_for_bit_and_restore_the_global_flag(tmp_path, small_data):
+    """--deterministic --group-by-length: two runs from one seed write identical weights, and the
+    process-wide deterministic setting is what it was before the run."""
+    cfg = CMATHConfig.tiny(d_model=16, d_z=8, num_heads=1)
+    cfg, _ = config_for_data(small_data, overrides=cfg.to_dict() | {"class_names": None})
+    opts = dict(epochs=1, batch_size=8, progress=False, seed=5, deterministic=True, group_by_length=True)
+    before = torch.are_deterministic_algorithms_enabled()
+    for name in ("a", "b"):
+        train_one(cfg, small_data, TrainOptions(**opts), str(tmp_path / name), log=lambda *_: None)
+    assert torch.are_deterministic_algorithms_enabled() == before
+    a, _ = load_checkpoint(str(tmp_path / "a" / "last.safetensors"))
+    b, _ = load_checkpoint(str(tmp_path / "b" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -27,14 +27,18 @@ class TorchImplementation(Implementation):
                     rec = rec + (x_hat - x_std).pow(2).sum() / (n_valid * x_std.shape[-1])
                 codes[m] = z
         with nvtx_range("embed"):
-            B, L = mask.shape
-            pos = sinusoidal_positions(L, cfg.d_model, device=mask.device, dtype=feats["t"].dtype)
-            spk = torch.where(mask, speakers.long(), torch.full_like(speakers.long(), cfg.num_speakers))
-            spk = model.speaker_embedding(spk)
-            hidden = {m: model.embed_dropout(z + pos + spk) for m, z in codes.items()}
+            hidden = self.embed(model, codes, speakers, mask, feats["t"].dtype)
             if cfg.aux_self_attention:
                 hidden = self.self_attention(model.aux_encoders, hidden, lengths)
         return hidden, rec
+
+    def embed(self, model, codes: Dict[str, torch.Tensor], speakers, mask, dtype) -> Dict[str, torch.Tensor]:
+        """Each modality's code plus the positions and the speaker embedding, then dropout."""
+        B, L = mask.shape
+        pos = sinusoidal_positions(L, model.cfg.d_model, device=mask.device, dtype=dtype)
+        spk = torch.where(mask, speakers.long(), torch.full_like(speakers.long(), model.cfg.num_speakers))
+        spk = model.speaker_embedding(spk)
+        return {m: model.embed_dropout(z + pos + spk) for m, z in codes.items()}
 
     def row_layout(self, mask, lengths):
         """What ``reconstruct`` needs besides the mask, computed once for the three modalities

@@ -16,17 +16,33 @@ gating, joint softmax) is read from the modules or the config.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Sequence
 
 import torch
 
+from .._checks import _compiling
 from ..config import MODALITIES
 from ..ops import cross_modal_attention_packed, poe_fusion, variational_fusion
 from ..ops.row_conv import dialogue_rows, row_conv
 from ..ops.cross_modal_attention import MAX_HEAD_DIM
-from ..reference.layers import CMALayer, ModalityProjection, stream_order
+from ..reference.layers import CMALayer, ModalityProjection, sinusoidal_positions, stream_order
 from .batched import batched_linear, dropout, kv_projection, stacked_layer_norm
 from .torch_impl import TorchImplementation
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_positions(L: int, d: int, device, dtype) -> torch.Tensor:
+    return sinusoidal_positions(L, d, device=device, dtype=dtype)
+
+
+def _positions(L: int, d: int, device, dtype) -> torch.Tensor:
+    """The sinusoidal position table, computed once per (length, width, device, dtype): the
+    reference recomputes it (eight launches) every forward. Under torch.compile it is traced
+    (Inductor folds it), not cached."""
+    if _compiling():
+        return sinusoidal_positions(L, d, device=device, dtype=dtype)
+    return _cached_positions(L, d, device, dtype)
 
 
 def _hyper_parameters(layer: CMALayer) -> tuple:
@@ -82,6 +98,16 @@ class TritonImplementation(TorchImplementation):
 
     def row_layout(self, mask, lengths):
         return dialogue_rows(lengths, mask.shape[1])
+
+    def embed(self, model, codes, speakers, mask, dtype):
+        """The three modalities at once: stacked codes, cached positions, one speaker lookup, one
+        dropout draw."""
+        B, L = mask.shape
+        names = list(codes)
+        spk = model.speaker_embedding(torch.where(mask, speakers.long(), model.cfg.num_speakers))
+        base = _positions(L, model.cfg.d_model, mask.device, dtype) + spk
+        h = dropout(torch.stack([codes[m] for m in names]) + base, model.embed_dropout)
+        return dict(zip(names, h.unbind(0)))
 
     def reconstruct(self, encoder, x, mask, rows=None):
         """The reference U-Net's math on rows (B*L, channels): same Conv1d parameters, read in place."""

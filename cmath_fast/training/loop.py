@@ -7,6 +7,7 @@ present, ``curves.png`` and ``confusion.png``. Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -106,11 +107,21 @@ class EpochTerms:
         return {k: means[k] for k in self.order}
 
 
-def set_deterministic() -> None:
+@contextlib.contextmanager
+def deterministic(enabled: bool):
     """``--deterministic``: deterministic algorithms only (embedding and gather backward use atomics
-    otherwise), with the cuBLAS workspace setting they require on CUDA."""
+    otherwise), with the cuBLAS workspace setting they require on CUDA; the previous setting is
+    restored afterwards."""
+    if not enabled:
+        yield
+        return
+    prev = torch.are_deterministic_algorithms_enabled()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
 
 
 def make_optimizer(model: CMATH, opts: TrainOptions) -> torch.optim.Optimizer:
@@ -130,7 +141,7 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
     """Train one seed into ``out_dir`` (holding the folder's run lock); returns the metrics of the
     selected epoch."""
     opts.validate()
-    with RunLock(out_dir):
+    with RunLock(out_dir), deterministic(opts.deterministic):
         return _train_one(cfg, data, opts, out_dir, log)
 
 
@@ -162,8 +173,6 @@ def _train_one(cfg, data, opts, out_dir, log):
         else:
             log(f"--resume: no usable checkpoint in {out_dir} (no last.safetensors); starting a new run")
 
-    if opts.deterministic:
-        set_deterministic()
     torch.manual_seed(opts.seed)
     precision = opts.resolved_precision()
     model = CMATH(cfg, backend=opts.backend)
