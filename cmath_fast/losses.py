@@ -33,9 +33,25 @@ def _nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -lp.gather(-1, y.expand(lp.shape[:-1]).unsqueeze(-1)).squeeze(-1)
 
 
+def classification_rows_ref(logits: torch.Tensor, fine_logits: torch.Tensor, y: torch.Tensor, tau: float,
+                            detach_teacher: bool):
+    """Per-utterance classification terms, unweighted: (ce, fine_ce summed over the heads,
+    kd_logit summed over the heads), each shaped like y. logits (B, L, K); fine_logits (C, B, L,
+    K); y (B, L) in [0, K). The fused implementation computes the same in one kernel
+    (``cmath_fast.ops.loss.classification_rows``)."""
+    ce = _nll(logits, y)
+    fine_ce = _nll(fine_logits, y).sum(0)
+    teacher = logits.detach() if detach_teacher else logits
+    log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
+    log_p_s = F.log_softmax(fine_logits.float() / tau, dim=-1)
+    kd = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).sum(0)
+    return ce, fine_ce, kd
+
+
 def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
-                         class_weights: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """ce, fine_ce (summed over the centrals), kd_logit and kd_feat of a forward output."""
+                         class_weights: Optional[torch.Tensor], rows=classification_rows_ref) -> Dict[str, torch.Tensor]:
+    """ce, fine_ce (summed over the centrals), kd_logit and kd_feat of a forward output. ``rows``
+    computes the per-utterance terms (the reference's torch code, or the fused op)."""
     mask = out.mask
     m = mask.to(torch.float32)
     n = m.sum().clamp_min(1.0)
@@ -45,16 +61,10 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
     w = class_weights[y] if class_weights is not None else torch.ones_like(y, dtype=torch.float32)
     w = w * m
     w_sum = w.sum().clamp_min(1e-12)
-    terms = {"ce": (_nll(out.logits, y) * w).sum() / w_sum,
-             # the C fine heads' weighted means, summed
-             "fine_ce": (_nll(fine_logits, y) * w).sum() / w_sum}
-
-    tau = cfg.tau
-    teacher = out.logits.detach() if cfg.detach_teacher else out.logits
-    log_p_t = F.log_softmax(teacher.float() / tau, dim=-1)
-    log_p_s = F.log_softmax(fine_logits.float() / tau, dim=-1)
-    kl_rows = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (C, B, L)
-    terms["kd_logit"] = (kl_rows * m).sum() / n * (tau * tau if cfg.tau_squared else 1.0)
+    ce, fine_ce, kd = rows(out.logits, fine_logits, y, cfg.tau, cfg.detach_teacher)
+    # weighted means (as F.cross_entropy(weight=...)); the C fine heads' means summed
+    terms = {"ce": (ce * w).sum() / w_sum, "fine_ce": (fine_ce * w).sum() / w_sum}
+    terms["kd_logit"] = (kd * m).sum() / n * (cfg.tau * cfg.tau if cfg.tau_squared else 1.0)
 
     fine = torch.stack(list(out.fine.values())).float()
     cos = F.cosine_similarity(fine, out.coarse.detach().float()[None], dim=-1)
@@ -63,11 +73,12 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
 
 
 def cmath_loss(cfg: CMATHConfig, out, labels: torch.Tensor, class_weights: Optional[torch.Tensor],
-               epoch: Optional[int] = None, beta: Optional[torch.Tensor] = None):
+               epoch: Optional[int] = None, beta: Optional[torch.Tensor] = None,
+               rows=classification_rows_ref):
     """(total loss, dict of every term detached, with ``beta`` and ``total``). ``beta``: the KL
     weight as a device tensor (graph-safe: no host value baked into a captured step), else
-    ``beta_at(cfg, epoch)``."""
-    terms = classification_terms(cfg, out, labels, class_weights)
+    ``beta_at(cfg, epoch)``. ``rows``: see ``classification_terms``."""
+    terms = classification_terms(cfg, out, labels, class_weights, rows)
     terms["rec"] = out.rec_loss.float()
     terms["kl"] = out.kl_loss.float()
     if beta is None:

@@ -178,7 +178,8 @@ class CMATH(nn.Module):
             raise ValueError(f"labels: expected shape {tuple(out.mask.shape)}, got {tuple(labels.shape)}")
         check_index_range("labels", labels, out.mask, self.cfg.num_classes)
         with nvtx_range("loss"):
-            return cmath_loss(self.cfg, out, labels, self.class_weights, epoch, beta=beta)
+            return cmath_loss(self.cfg, out, labels, self.class_weights, epoch, beta=beta,
+                              rows=self.impl.loss_rows)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

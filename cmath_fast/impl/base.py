@@ -43,5 +43,9 @@ class Implementation:
         """Coarse logits (the prediction) and fine logits per central, zero at padded positions."""
         raise NotImplementedError
 
+    def loss_rows(self, logits, fine_logits, y, tau: float, detach_teacher: bool):
+        """The loss's per-utterance classification terms (``losses.classification_rows_ref``)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -7,6 +7,7 @@ from typing import Dict
 import torch
 
 from ..config import MODALITIES
+from ..losses import classification_rows_ref
 from ..profiling import nvtx_range
 from ..reference.layers import sinusoidal_positions, stream_order
 from .base import Implementation
@@ -62,6 +63,9 @@ class TorchImplementation(Implementation):
 
     def fuse(self, model, fine, mask, eps):
         return model.fusion(fine, mask, eps)
+
+    def loss_rows(self, logits, fine_logits, y, tau, detach_teacher):
+        return classification_rows_ref(logits, fine_logits, y, tau, detach_teacher)
 
     def heads(self, model, coarse, fine, mask):
         m = mask[..., None].to(coarse.dtype)

@@ -24,6 +24,7 @@ import torch
 from .._checks import _compiling
 from ..config import MODALITIES
 from ..ops import cross_modal_attention_packed, poe_fusion, variational_fusion
+from ..ops.loss import classification_rows
 from ..ops.row_conv import dialogue_rows, row_conv
 from ..ops.cross_modal_attention import MAX_HEAD_DIM
 from ..reference.layers import CMALayer, ModalityProjection, sinusoidal_positions, stream_order
@@ -146,6 +147,9 @@ class TritonImplementation(TorchImplementation):
 
     def fuse(self, model, fine, mask, eps):
         return model.fusion(fine, mask, eps, gaussian=variational_fusion, poe=poe_fusion)
+
+    def loss_rows(self, logits, fine_logits, y, tau, detach_teacher):
+        return classification_rows(logits, fine_logits, y, tau, detach_teacher)
 
     def heads(self, model, coarse, fine, mask):
         if len(fine) == 1:

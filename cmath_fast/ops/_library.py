@@ -22,6 +22,8 @@ Operators (optional outputs that were not asked for come back as empty tensors):
     row_conv_fwd(x, weight, bias?, pos, len, pad, act, save_pre) -> (y, pre or empty)
     row_conv_bwd(dy, x, weight, pre, pos, len, pad, act, has_bias, need_dx)
         -> (dx or empty, dW fp32, db fp32 or empty)
+    cls_fwd(z, f, y, tau) -> (ce, fce, kd), each (N,) fp32
+    cls_bwd(z, f, y, dce, dfce, dkd, tau, teacher_grad) -> (dz, df)
 ``seed`` is a (1,) int64 tensor on the op's device, drawn from torch's generator for that device
 and read by the kernels through a pointer: it never crosses to the host, so a captured CUDA graph
 draws fresh masks and noise on every replay.
@@ -181,6 +183,26 @@ def _row_conv_bwd_fake(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_d
             weight.new_empty((weight.shape[0],) if has_bias else (0,), **f32))
 
 
+def _cls_fwd(z, f, y, tau):
+    from ..kernels.loss import classification_rows_fwd
+    z, f, y = _dense(z, f, y)
+    return classification_rows_fwd(z, f, y, tau)
+
+
+def _cls_fwd_fake(z, f, y, tau):
+    return tuple(z.new_empty((z.shape[0],), dtype=torch.float32) for _ in range(3))
+
+
+def _cls_bwd(z, f, y, dce, dfce, dkd, tau, teacher_grad):
+    from ..kernels.loss import classification_rows_bwd
+    z, f, y, dce, dfce, dkd = _dense(z, f, y, dce, dfce, dkd)
+    return classification_rows_bwd(z, f, y, dce, dfce, dkd, tau, teacher_grad)
+
+
+def _cls_bwd_fake(z, f, y, dce, dfce, dkd, tau, teacher_grad):
+    return z.new_empty(tuple(z.shape)), f.new_empty(tuple(f.shape))
+
+
 SCHEMAS = {
     "cma_fwd": ("(Tensor q, Tensor k, Tensor v, Tensor? gates, Tensor q_len, Tensor kv_len, Tensor? seed, "
                 "float sm_scale, float dropout_p, bool joint, bool store_ungated) -> (Tensor, Tensor, Tensor)",
@@ -201,6 +223,9 @@ SCHEMAS = {
                      "bool save_pre) -> (Tensor, Tensor)", _row_conv_fwd, _row_conv_fwd_fake),
     "row_conv_bwd": ("(Tensor dy, Tensor x, Tensor weight, Tensor pre, Tensor pos, Tensor lens, int pad, int act, "
                      "bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor)", _row_conv_bwd, _row_conv_bwd_fake),
+    "cls_fwd": ("(Tensor z, Tensor f, Tensor y, float tau) -> (Tensor, Tensor, Tensor)", _cls_fwd, _cls_fwd_fake),
+    "cls_bwd": ("(Tensor z, Tensor f, Tensor y, Tensor dce, Tensor dfce, Tensor dkd, float tau, bool teacher_grad) "
+                "-> (Tensor, Tensor)", _cls_bwd, _cls_bwd_fake),
 }
 
 _REGISTERED, REASON = library_status()

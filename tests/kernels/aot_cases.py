@@ -95,9 +95,10 @@ def attention_cases():
 def all_cases():
     cases = attention_cases()
     try:
-        from tests.kernels.aot_cases_fusion import fusion_cases, row_conv_cases
+        from tests.kernels.aot_cases_fusion import fusion_cases, loss_cases, row_conv_cases
     except ImportError:
         return cases
     cases.update(fusion_cases())
     cases.update(row_conv_cases())
+    cases.update(loss_cases())
     return cases

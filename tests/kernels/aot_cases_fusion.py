@@ -1,5 +1,5 @@
-"""Ahead-of-time compile cases of the variational-fusion and U-Net row-convolution kernels (see
-aot_cases.py)."""
+"""Ahead-of-time compile cases of the variational-fusion, U-Net row-convolution and loss kernels
+(see aot_cases.py)."""
 
 from tests.kernels.aot import TYPES
 from tests.kernels.aot_cases import FULL
@@ -94,4 +94,20 @@ def row_conv_cases():
         cases[f"launcher-rowconv-{kernel}-{dtype}-{t.block_m}x{t.block_n}x{t.block_k}"] = row_conv(kernel, dtype, t) + launch
         if dtype == "bf16":
             cases[f"rowconv-{kernel}-k1-linear"] = row_conv(kernel, dtype, t, K=1, act=0) + launch
+    return cases
+
+
+def loss_cases():
+    """The loss's classification-rows kernels at the launchers' tile, K = 6 and 7 classes (BLOCK_K 8),
+    three fine heads: checked for spills."""
+    from cmath_fast.kernels import loss
+    cases = {}
+    for dtype in (list(TYPES) if FULL else ["bf16", "fp32"]):
+        tp = TYPES[dtype]
+        ptr = {"Z": tp, "F": tp, "Y": "*i64", "CE": "*fp32", "FCE": "*fp32", "KD": "*fp32"}
+        cases[f"launcher-loss-fwd-{dtype}"] = (loss._cls_fwd_kernel, ptr, dict(C=3, BLOCK_N=loss.BLOCK_N, BLOCK_K=8),
+                                               4, 1)
+        ptr = {"Z": tp, "F": tp, "Y": "*i64", "DCE": "*fp32", "DFCE": "*fp32", "DKD": "*fp32", "DZ": tp, "DF": tp}
+        cases[f"launcher-loss-bwd-{dtype}"] = (loss._cls_bwd_kernel, ptr,
+                                               dict(C=3, TEACHER_GRAD=True, BLOCK_N=loss.BLOCK_N, BLOCK_K=8), 4, 1)
     return cases

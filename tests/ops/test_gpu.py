@@ -86,3 +86,64 @@ def test_fusion_error_at_most_twice_pytorch(dtype):
         bound = 2 * _max_err(res["torch"][i], r) + 1e-4
         err = _max_err(res["ours"][i], r)
         assert err <= bound, f"fusion {dtype} output/grad #{i}: error {err:.3g} > 2 x PyTorch's {bound / 2:.3g}"
+
+
+@pytest.mark.parametrize("c_in, c_out, k", [(1582, 2048, 3), (2048, 1024, 3), (4096, 342, 1)],
+                         ids=["enc1-audio", "enc2", "dec2-visual"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_row_conv_error_at_most_twice_conv1d(c_in, c_out, k, dtype):
+    """The U-Net's convolutions at iemocap-d1024 sizes on the R1 batch (16 x 110 rows): output and
+    every gradient within 2x cuDNN Conv1d's own error at the same dtype (against fp32)."""
+    import torch.nn.functional as F
+    from cmath_fast.bench.shapes import R1_LENGTHS
+    from cmath_fast.ops.row_conv import dialogue_rows, row_conv
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    g = torch.Generator().manual_seed(0)
+    lens = torch.tensor(R1_LENGTHS)
+    B, L = len(R1_LENGTHS), max(R1_LENGTHS)
+    mask = (torch.arange(L)[None] < lens[:, None]).cuda()
+    x = (torch.randn(B, L, c_in, generator=g).cuda() * mask[..., None])
+    w = (torch.randn(c_out, c_in, k, generator=g) * (c_in * k) ** -0.5).cuda()
+    b = torch.randn(c_out, generator=g).cuda()
+    dy = torch.randn(B, L, c_out, generator=g).cuda()
+    act = "gelu" if k > 1 else None
+
+    def conv1d(x, w, b):  # the reference U-Net's step, channel-first
+        y = F.conv1d(x.transpose(1, 2), w, b, padding=k // 2).transpose(1, 2)
+        return (F.gelu(y) if act else y) * mask[..., None].to(y.dtype)
+
+    def ours(x, w, b):
+        pos, ln = dialogue_rows(lens.cuda(), L)
+        return row_conv(x.reshape(B * L, c_in), w, b, pos, ln, activation=act).view(B, L, c_out)
+
+    def run(fn, dt):
+        leaves = [t.to(dt).requires_grad_() for t in (x, w, b)]
+        out = fn(*leaves)
+        return [out] + list(torch.autograd.grad(out, leaves, dy.to(dt)))
+    exact = run(conv1d, torch.float32)
+    theirs, mine = run(conv1d, dtype), run(ours, dtype)
+    m = mask[..., None]
+    for i, name in enumerate(["y", "dx", "dw", "db"]):
+        e, t, o = exact[i], theirs[i], mine[i]
+        if name == "dx":  # padding rows: ours are zero, the reference's are masked later
+            e, t, o = e * m, t * m, o * m
+        bound = 2 * _max_err(t, e) + 1e-5 * max(1.0, e.abs().max().item())
+        assert _max_err(o, e) <= bound, f"{name}: {_max_err(o, e):.3g} > 2 x cuDNN's {bound / 2:.3g}"
+
+
+def test_loss_rows_match_the_reference_at_scale():
+    from cmath_fast.losses import classification_rows_ref
+    from cmath_fast.ops.loss import classification_rows
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(64, 110, 7, generator=g) * 4).cuda().requires_grad_()
+    f = (torch.randn(3, 64, 110, 7, generator=g) * 4).cuda().requires_grad_()
+    y = torch.randint(0, 7, (64, 110), generator=g).cuda()
+    for detach in (True, False):
+        ref = classification_rows_ref(z, f, y, 2.0, detach)
+        out = classification_rows(z, f, y, 2.0, detach)
+        for o, r in zip(out, ref):
+            torch.testing.assert_close(o, r, atol=1e-4, rtol=1e-4)
+        gr = torch.autograd.grad(sum(r.sum() for r in ref), (z, f))
+        go = torch.autograd.grad(sum(o.sum() for o in out), (z, f))
+        for a, b in zip(go, gr):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
