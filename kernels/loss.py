@@ -32,10 +32,10 @@ def _log_softmax(x, k_ok):
     return x - (m + tl.log(tl.sum(e, 1)))[:, None]
 
 
-@triton.jit(do_not_specialize=["N"])
-def _cls_fwd_kernel(Z, F, Y, CE, FCE, KD, N, K, inv_tau,
-                    C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Z (N, K), F (C, N, K) contiguous, any float dtype; Y (N,) int64 in [0, K); CE, FCE, KD (N,)."""
+@triton.jit
+def _rows_tile(Z, Y, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's BLOCK_N rows: offsets, row and class masks, their product, the (row, class)
+    offsets, the label one-hot mask and the coarse logits in fp32."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     n_ok = offs_n < N
@@ -43,8 +43,15 @@ def _cls_fwd_kernel(Z, F, Y, CE, FCE, KD, N, K, inv_tau,
     m2 = n_ok[:, None] & k_ok[None, :]
     idx = offs_n[:, None] * K + offs_k[None, :]
     y = tl.load(Y + offs_n, mask=n_ok, other=0)
-    is_y = offs_k[None, :] == y[:, None]
     z = tl.load(Z + idx, mask=m2, other=0.0).to(tl.float32)
+    return offs_n, n_ok, k_ok, m2, idx, offs_k[None, :] == y[:, None], z
+
+
+@triton.jit(do_not_specialize=["N"])
+def _cls_fwd_kernel(Z, F, Y, CE, FCE, KD, N, K, inv_tau,
+                    C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Z (N, K), F (C, N, K) contiguous, any float dtype; Y (N,) int64 in [0, K); CE, FCE, KD (N,)."""
+    offs_n, n_ok, k_ok, m2, idx, is_y, z = _rows_tile(Z, Y, N, K, BLOCK_N, BLOCK_K)
     ce = -tl.sum(tl.where(is_y, _log_softmax(z, k_ok), 0.0), 1)
     log_pt = _log_softmax(z * inv_tau, k_ok)
     p_t = tl.where(k_ok[None, :], tl.exp(log_pt), 0.0)
@@ -65,18 +72,11 @@ def _cls_bwd_kernel(Z, F, Y, DCE, DFCE, DKD, DZ, DF, N, K, inv_tau,
                     BLOCK_K: tl.constexpr):
     """DCE, DFCE, DKD (N,) fp32 (zeros where a term has no gradient); DZ (N, K) and DF (C, N, K)
     contiguous in the inputs' dtypes."""
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    n_ok = offs_n < N
-    k_ok = offs_k < K
-    m2 = n_ok[:, None] & k_ok[None, :]
-    idx = offs_n[:, None] * K + offs_k[None, :]
-    y = tl.load(Y + offs_n, mask=n_ok, other=0)
-    onehot = tl.where(offs_k[None, :] == y[:, None], 1.0, 0.0)
+    offs_n, n_ok, k_ok, m2, idx, is_y, z = _rows_tile(Z, Y, N, K, BLOCK_N, BLOCK_K)
+    onehot = tl.where(is_y, 1.0, 0.0)
     dce = tl.load(DCE + offs_n, mask=n_ok, other=0.0)
     dfce = tl.load(DFCE + offs_n, mask=n_ok, other=0.0)
     dkd = tl.load(DKD + offs_n, mask=n_ok, other=0.0) * inv_tau
-    z = tl.load(Z + idx, mask=m2, other=0.0).to(tl.float32)
     dz = dce[:, None] * (tl.exp(_log_softmax(z, k_ok)) - onehot)
     log_pt = _log_softmax(z * inv_tau, k_ok)
     p_t = tl.where(k_ok[None, :], tl.exp(log_pt), 0.0)

@@ -58,6 +58,16 @@ def _rows(POS, LEN, offs, N):
     return pos, ln, in_n & (pos < ln)
 
 
+@triton.jit
+def _output_tile(POS, LEN, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's (BLOCK_M rows, BLOCK_N of C channels) output tile: offsets, the reduction
+    step's offsets, each row's position, dialogue length and validity, and the channel mask."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pos, ln, row_ok = _rows(POS, LEN, offs_m, N)
+    return offs_m, offs_n, tl.arange(0, BLOCK_K), pos, ln, row_ok, offs_n < C
+
+
 # N and the row strides change from call to call: not specialised (no new variant per batch).
 @triton.jit(do_not_specialize=["N", "stride_xn"])
 def _row_conv_fwd_kernel(
@@ -69,13 +79,7 @@ def _row_conv_fwd_kernel(
 ):
     """X (N, C_in) rows with unit channel stride; W (C_out, C_in, K) any strides; BIAS (C_out,);
     Y, PRE (N, C_out) contiguous; POS, LEN (N,) int32. One (BLOCK_M rows, BLOCK_N channels) tile."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    pos, ln, row_ok = _rows(POS, LEN, offs_m, N)
-    col_ok = offs_n < C_out
+    offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_out, BLOCK_M, BLOCK_N, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for j in tl.static_range(K):
         src_ok = row_ok & (pos + (j - PAD) >= 0) & (pos + (j - PAD) < ln)
@@ -110,13 +114,7 @@ def _row_conv_bwd_dx_kernel(
 ):
     """DY (N, C_out) rows with unit channel stride; PRE (N, C_out) contiguous (ACT only); DX (N, C_in)
     contiguous. One (BLOCK_M rows, BLOCK_N input channels) tile, reducing over C_out and the taps."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    pos, ln, row_ok = _rows(POS, LEN, offs_m, N)
-    col_ok = offs_n < C_in
+    offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_in, BLOCK_M, BLOCK_N, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for j in tl.static_range(K):
         # row r receives from the output row r - t through tap j when that row is in its dialogue
