@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
+import torch.nn.functional as F
 
 from ..config import MODALITIES
 from ..losses import classification_rows_ref
@@ -25,7 +26,7 @@ class TorchImplementation(Implementation):
             for m in MODALITIES:
                 z, x_hat, x_std = self.reconstruct(model.encoders[m], feats[m], mask, rows)
                 if x_hat is not None:
-                    rec = rec + (x_hat - x_std).pow(2).sum() / (n_valid * x_std.shape[-1])
+                    rec = rec + F.mse_loss(x_hat, x_std, reduction="sum") / (n_valid * x_std.shape[-1])
                 codes[m] = z
         with nvtx_range("embed"):
             hidden = self.embed(model, codes, speakers, mask, feats["t"].dtype)
