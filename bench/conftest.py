@@ -55,3 +55,22 @@ def record(benchmark, csv_path):
         append_row(csv_path, row)
         return row
     return _record
+
+
+@pytest.fixture
+def record_kernels(record):
+    """record_kernels(run, row, ...): the same row timed kernels-only — ``run`` captured in a CUDA
+    graph and replayed (cmath_fast.bench.timing.graph_replay) — with " kernels" appended to its
+    mode. A provider that cannot be captured gets no such row, with a warning that says why."""
+    import warnings
+
+    from cmath_fast.bench.timing import graph_replay
+
+    def _record(run, row, **work):
+        try:
+            replay = graph_replay(run)
+        except Exception as exc:  # a provider that syncs the host or otherwise cannot be captured
+            warnings.warn(f"{row['provider']}: no kernels-only row ({type(exc).__name__}: {exc})"[:300])
+            return None
+        return record(replay, dict(row, mode=row["mode"] + " kernels"), **work)
+    return _record

@@ -27,7 +27,7 @@ def _params():
 
 
 @pytest.mark.parametrize("shape_name, mode, dtype, provider", list(_params()))
-def test_cross_modal_attention(record, shape_name, mode, dtype, provider):
+def test_cross_modal_attention(record, record_kernels, shape_name, mode, dtype, provider):
     from cmath_fast.bench.timing import mode_callable
     shape = ATTENTION_SHAPES[shape_name]
     if shape_name.startswith("S"):
@@ -40,5 +40,7 @@ def test_cross_modal_attention(record, shape_name, mode, dtype, provider):
     check_attention(fn, inp, *TOL[dtype])
     run = mode_callable(fn, attention_leaves(fn, inp), mode)
     elem = torch.finfo(DTYPES[dtype]).bits // 8
-    record(run, dict(op="cross_modal_attention", shape=shape_name, mode=mode, dtype=dtype, provider=provider),
-           flops=attention_flops(shape, mode), nbytes=attention_bytes(shape, mode, elem))
+    row = dict(op="cross_modal_attention", shape=shape_name, mode=mode, dtype=dtype, provider=provider)
+    work = dict(flops=attention_flops(shape, mode), nbytes=attention_bytes(shape, mode, elem))
+    record(run, row, **work)
+    record_kernels(run, row, **work)  # the same, kernels alone (CUDA-graph replay)

@@ -15,7 +15,7 @@ CONVS = [("enc1-audio-d1024", 1582, 2048, 3), ("enc2-d1024", 2048, 1024, 3)]
 
 @pytest.mark.parametrize("name, c_in, c_out, k", CONVS, ids=[c[0] for c in CONVS])
 @pytest.mark.parametrize("provider", ["eager", "compile", "triton"])
-def test_unet_conv(record, name, c_in, c_out, k, provider):
+def test_unet_conv(record, record_kernels, name, c_in, c_out, k, provider):
     from cmath_fast.ops.row_conv import dialogue_rows, row_conv
     lens = torch.tensor(R1_LENGTHS, device="cuda")
     B, L = len(R1_LENGTHS), max(R1_LENGTHS)
@@ -42,5 +42,6 @@ def test_unet_conv(record, name, c_in, c_out, k, provider):
     def run():
         return torch.autograd.grad(fn(), (x, w, b), dy)
     flops = 3 * 2.0 * sum(R1_LENGTHS) * c_in * c_out * k  # forward + two backward GEMMs, valid rows
-    record(run, dict(op="unet_conv", shape=name, mode="fwd+bwd", dtype="bf16", provider=provider),
-           flops=flops)
+    row = dict(op="unet_conv", shape=name, mode="fwd+bwd", dtype="bf16", provider=provider)
+    record(run, row, flops=flops)
+    record_kernels(run, row, flops=flops)

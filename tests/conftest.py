@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from tests import interpreter_rounding
+    INTERPRETER_ROUNDING = interpreter_rounding.install()  # bf16 stores round as on a GPU
+else:
+    INTERPRETER_ROUNDING = "not needed (no interpreter)"
 
 
 def pytest_configure(config):

@@ -17,7 +17,9 @@ from ..reference import cross_modal_attention_ref, poe_fusion_ref, variational_f
 from .shapes import AttentionShape
 
 ATTENTION_PROVIDERS = ("eager", "sdpa", "varlen_fa2", "flex", "xformers", "triton")
-FUSION_PROVIDERS = ("eager", "compile", "triton")
+# cublas_gemms: only the GEMMs the Gaussian op needs (e W^T forward; dH W and dH^T e backward),
+# through torch.matmul: the floor the fused op is held against (no epilogue, no sampling, no KL).
+FUSION_PROVIDERS = ("eager", "compile", "triton", "cublas_gemms")
 # eager / compile / compile_ro: the reference model, as is and under torch.compile (default and
 # reduce-overhead modes); triton: the fused model; triton_compile: the fused model under
 # torch.compile (its kernels are custom operators); triton_graph: the fused model replayed from a
@@ -231,6 +233,16 @@ def fusion_provider(op: str, name: str, x: Dict[str, torch.Tensor]):
             return lambda: compiled(x["e"], x["weight"], x["bias"], eps=x["eps"], row_mask=x["rows"])
         return lambda: compiled(x["mu"], x["logvar"], eps=x["eps"], row_mask=x["rows"])
     raise ValueError(f"unknown fusion provider {name!r}; expected one of {FUSION_PROVIDERS}")
+
+
+def fusion_gemms(x: Dict[str, torch.Tensor], mode: str) -> Callable[[], object]:
+    """The Gaussian fusion's GEMMs alone, for ``mode`` (fwd: 1, bwd: 2, fwd+bwd: 3)."""
+    e, w = x["e"].detach(), x["weight"].detach()
+    dh = torch.randn(e.shape[0], w.shape[0], device=e.device, dtype=e.dtype)
+    gemms = {"fwd": lambda: e @ w.t(),
+             "bwd": lambda: (dh @ w, dh.t() @ e),
+             "fwd+bwd": lambda: (e @ w.t(), dh @ w, dh.t() @ e)}
+    return gemms[mode]
 
 
 def fusion_leaves(op: str, x):

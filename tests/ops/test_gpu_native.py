@@ -81,9 +81,15 @@ def test_compile_modes_match_eager(mode):
             assert _err(a, b) <= 1e-4 * max(1.0, b.abs().max().item()), name
 
 
-# Measured on an H200 (2026-11-26): the logits and most gradients meet the rule, but the U-Net's
-# first convolution weights do not (bf16: text 6.2e-5 vs PyTorch's 2.1e-5, audio 2.9e-5 vs 1.9e-6):
-# the fused CMA's bf16 backward loses more than the reference's on the deepest gradients. Open.
+# Measured on an H200 (2026-11-26, before the U-Net ran on row kernels): the logits and most
+# gradients meet the rule, but the U-Net's first convolution weights did not (bf16: text 6.2e-5 vs
+# PyTorch's 2.1e-5, audio 2.9e-5 vs 1.9e-6). On the CPU since, with the interpreter rounding bf16 as
+# a GPU does (tests/interpreter_rounding.py), the attention op's output and gradients are below
+# PyTorch's own bf16 error (median errors 0.6-0.85x PyTorch's), and across this whole model the
+# per-parameter ratios have a median of 1.00-1.07 over 4 seeds, yet 1 to 6 of ~150 parameters pass
+# 2x on each seed,
+# among them ones both models compute with the same module (coarse_head.bias): at this depth a
+# max-abs ratio per parameter is partly noise. Open until a GPU run.
 @pytest.mark.xfail(reason="the deepest U-Net gradients exceed 2x PyTorch's bf16/fp16 error on an H200",
                    strict=False)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -101,8 +107,12 @@ def test_autocast_within_twice_pytorchs_error(dtype):
         with torch.autocast("cuda", dtype):
             runs[name] = _step(model, batch, eps)
 
+    unit_roundoff = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
+
     def ok(f, r, x):
-        floor = 1e-3 * max(x.abs().max().item(), 1e-2)  # where PyTorch's own error is ~0
+        # the floor: one rounding step of the dtype at the value's magnitude (gradients come back
+        # rounded to it), and 1e-5 where PyTorch's own error is ~0
+        floor = max(1e-5, unit_roundoff * x.abs().max().item())
         return _err(f, x) <= 2 * _err(r, x) + floor
     assert ok(runs["fused"][0], runs["ref"][0], exact[0]), (_err(runs["fused"][0], exact[0]),
                                                             _err(runs["ref"][0], exact[0]))
