@@ -68,6 +68,25 @@ def capture_blockers(device, precision: str, skip_nonfinite: bool = False, optim
     return reasons
 
 
+def capture(fn, warmup: int = 3, pool=None, before_capture=None):
+    """``fn`` warmed up on a side stream (lazy state, first calls), then one call captured in a
+    CUDA graph (into ``pool`` when given; ``before_capture()`` runs in between): -> (graph, the
+    captured call's output, which every replay overwrites). Checks that read tensor values are
+    off throughout."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), skip_value_checks():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    if before_capture is not None:
+        before_capture()
+    graph = torch.cuda.CUDAGraph()
+    with skip_value_checks(), torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
+
+
 class _Captured:
     def __init__(self, graph, inputs, outputs):
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
@@ -111,19 +130,10 @@ class _Bucketed:
         return autocast_context(self.precision, self.device.type, cache=not self.capture)
 
     def _capture(self, key, static, run, warmup: int):
-        """Warm ``run(static)`` up on a side stream, then capture it; -> (graph, outputs)."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), skip_value_checks():
-            for _ in range(warmup):
-                run(static)
-        torch.cuda.current_stream().wait_stream(side)
-        self._before_capture()
+        """Warm ``run(static)`` up, then capture it into this object's memory pool."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with skip_value_checks(), torch.cuda.graph(graph, pool=self._pool):
-            outputs = run(static)
+        graph, outputs = capture(lambda: run(static), warmup, self._pool, self._before_capture)
         self.graphs[key] = _Captured(graph, static, outputs)
         return self.graphs[key]
 
@@ -240,4 +250,4 @@ class GraphedPredictor(_Bucketed):
         return entry.outputs[:b, :l]
 
 
-__all__ = ["GraphedTrainer", "GraphedPredictor", "bucket_length", "bucket_shape", "capture_blockers"]
+__all__ = ["GraphedTrainer", "GraphedPredictor", "bucket_length", "bucket_shape", "capture_blockers", "capture"]

@@ -52,17 +52,10 @@ def mode_callable(fn: Callable[[], object], leaves, mode: str) -> Callable[[], o
 
 
 def graph_replay(fn: Callable[[], object], warmup: int = 3) -> Callable[[], None]:
-    """``fn`` captured in a CUDA graph after a warm-up on a side stream: a callable that replays it.
-    Timing the replay measures the kernels alone — no host-side launch cost — beside the
-    end-to-end time of calling ``fn``. Raises what the capture raises (an op that syncs the host,
-    a provider that cannot be captured)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    """``fn`` captured in a CUDA graph after a warm-up (``cmath_fast.graphs.capture``): a callable
+    that replays it. Timing the replay measures the kernels alone — no host-side launch cost —
+    beside the end-to-end time of calling ``fn``. Raises what the capture raises (an op that syncs
+    the host, a provider that cannot be captured)."""
+    from ..graphs import capture
+    graph, _ = capture(fn, warmup)
     return graph.replay

@@ -27,16 +27,8 @@ def _step(model, batch, eps, call=None):
 
 def _capture(fn, warmup=3):
     """``fn`` warmed up on a side stream, then captured in a CUDA graph: (graph, its static output)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = fn()
-    return graph, static
+    from cmath_fast.graphs import capture
+    return capture(fn, warmup)
 
 
 def _err(a, b):
