@@ -125,10 +125,6 @@ class _Bucketed:
         B, L = self.bucket(b, int(batch.lengths.max()) if b else 1)
         return batch.padded(B, max(L, l))
 
-    def _autocast(self):
-        # no autocast weight cache inside graphs: cached casts would outlive the capture
-        return autocast_context(self.precision, self.device.type, cache=not self.capture)
-
     def _capture(self, key, static, run, warmup: int):
         """Warm ``run(static)`` up, then capture it into this object's memory pool."""
         if self._pool is None:
@@ -231,7 +227,8 @@ class GraphedPredictor(_Bucketed):
         super().__init__(model, batch_size, precision, capture)
 
     def _run(self, b):
-        with torch.no_grad(), self._autocast():
+        # no autocast weight cache inside graphs: cached casts would outlive the capture
+        with torch.no_grad(), autocast_context(self.precision, self.device.type, cache=not self.capture):
             return self.model(*b.inputs()).logits
 
     def __call__(self, batch):

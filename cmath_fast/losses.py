@@ -81,12 +81,10 @@ def cmath_loss(cfg: CMATHConfig, out, labels: torch.Tensor, class_weights: Optio
     terms = classification_terms(cfg, out, labels, class_weights, rows)
     terms["rec"] = out.rec_loss.float()
     terms["kl"] = out.kl_loss.float()
-    if beta is None:
-        beta = torch.tensor(beta_at(cfg, epoch), dtype=torch.float32)
+    kl_weight = beta_at(cfg, epoch) if beta is None else beta  # a float, or the device tensor
     total = (terms["ce"] + cfg.gamma_fine * terms["fine_ce"] + cfg.gamma_kd * terms["kd_logit"]
-             + cfg.gamma_feat * terms["kd_feat"] + cfg.lambda_rec * terms["rec"]
-             + beta.to(terms["kl"].device) * terms["kl"])
+             + cfg.gamma_feat * terms["kd_feat"] + cfg.lambda_rec * terms["rec"] + kl_weight * terms["kl"])
     terms = {k: v.detach() for k, v in terms.items()}
-    terms["beta"] = beta.detach()
+    terms["beta"] = torch.tensor(kl_weight) if beta is None else beta.detach()
     terms["total"] = total.detach()
     return total, terms

@@ -209,8 +209,8 @@ def row_conv_fwd(x, weight, bias, pos, lens, pad, act, save_pre):
     return y, pre
 
 
-def row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx, need_dw):
-    """Gradients of row_conv_fwd: (dx in x's dtype or None, dW fp32 or None, db fp32 or None).
+def row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx):
+    """Gradients of row_conv_fwd: (dx in x's dtype or None, dW fp32, db fp32 or None).
     dy (N, C_out) with a unit channel stride; pre as the forward saved it (act only)."""
     _check(x, weight, pos, lens)
     N, C_in = x.shape
@@ -219,7 +219,7 @@ def row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx, nee
         raise ValueError(f"dy: expected ({N}, {C_out}) with a contiguous channel dim")
     pre_arg = pre if pre is not None else dy
     common = dict(K=K, PAD=int(pad), ACT=int(act))
-    dx = dw = db = None
+    dx = None
     if need_dx:
         tile = row_conv_tile("bwd_dx", x.dtype)
         dx = torch.empty((N, C_in), device=x.device, dtype=x.dtype)
@@ -227,13 +227,12 @@ def row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx, nee
                dy, pre_arg, weight, dx, pos, lens, N, C_in, C_out, dy.stride(0), *weight.stride(), **common,
                BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, UPCAST=upcast(x.dtype),
                PRECISION=dot_precision(x.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages)
-    if need_dw or has_bias:
-        tile = row_conv_tile("bwd_dw", x.dtype)
-        dw = torch.empty((C_out, C_in, K), device=x.device, dtype=torch.float32)
-        db = torch.empty((C_out,), device=x.device, dtype=torch.float32) if has_bias else None
-        launch(_row_conv_bwd_dw_kernel, (triton.cdiv(C_out, tile.block_n), triton.cdiv(C_in, tile.block_k), K),
-               x, dy, pre_arg, dw, db if db is not None else dw, pos, lens, N, C_in, C_out, x.stride(0),
-               dy.stride(0), **common, HAS_BIAS=has_bias, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-               BLOCK_K=tile.block_k, UPCAST=upcast(x.dtype), PRECISION=dot_precision(x.dtype),
-               num_warps=tile.num_warps, num_stages=tile.num_stages)
+    tile = row_conv_tile("bwd_dw", x.dtype)
+    dw = torch.empty((C_out, C_in, K), device=x.device, dtype=torch.float32)
+    db = torch.empty((C_out,), device=x.device, dtype=torch.float32) if has_bias else None
+    launch(_row_conv_bwd_dw_kernel, (triton.cdiv(C_out, tile.block_n), triton.cdiv(C_in, tile.block_k), K),
+           x, dy, pre_arg, dw, db if db is not None else dw, pos, lens, N, C_in, C_out, x.stride(0),
+           dy.stride(0), **common, HAS_BIAS=has_bias, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
+           BLOCK_K=tile.block_k, UPCAST=upcast(x.dtype), PRECISION=dot_precision(x.dtype),
+           num_warps=tile.num_warps, num_stages=tile.num_stages)
     return dx, dw, db

@@ -171,7 +171,7 @@ def _row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx):
     dy, x = _last_dim_dense(dy), _last_dim_dense(x)
     pre, pos, lens = _dense(pre, pos, lens)
     dx, dw, db = row_conv_bwd(dy, x, weight, pre if pre.numel() else None, pos, lens, pad, act, has_bias,
-                              need_dx, True)
+                              need_dx)
     f32 = dict(dtype=torch.float32)
     return (dx if dx is not None else _empty(x), dw,
             db if db is not None else x.new_empty((0,), **f32))

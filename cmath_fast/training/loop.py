@@ -206,13 +206,14 @@ def _train_one(cfg, data, opts, out_dir, log):
     pin = torch.device(opts.device).type == "cuda"  # non-blocking host-to-device copies
     graphed = predictor = None
     if opts.cuda_graphs and pin:
+        # one predictor for the run: evaluation captures its graphs once, not every epoch
+        predictor = GraphedPredictor(model, batch_size=opts.batch_size, precision=precision)
         blockers = capture_blockers(opts.device, precision, skip, opt)
         if blockers:
-            log("CUDA graphs off: " + "; ".join(blockers))
+            log("CUDA graphs off for the training step (evaluation keeps them): " + "; ".join(blockers))
         else:
             graphed = GraphedTrainer(model, opt, batch_size=opts.batch_size, precision=precision,
                                      max_grad_norm=opts.max_grad_norm)
-            predictor = GraphedPredictor(model, batch_size=opts.batch_size, precision=precision)
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         model.train()

@@ -91,13 +91,14 @@ def test_fusion_error_at_most_twice_pytorch(dtype):
 @pytest.mark.parametrize("c_in, c_out, k", [(1582, 2048, 3), (2048, 1024, 3), (4096, 342, 1)],
                          ids=["enc1-audio", "enc2", "dec2-visual"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_row_conv_error_at_most_twice_conv1d(c_in, c_out, k, dtype):
+def test_row_conv_error_at_most_twice_conv1d(c_in, c_out, k, dtype, monkeypatch):
     """The U-Net's convolutions at iemocap-d1024 sizes on the R1 batch (16 x 110 rows): output and
     every gradient within 2x cuDNN Conv1d's own error at the same dtype (against fp32)."""
     import torch.nn.functional as F
     from cmath_fast.bench.shapes import R1_LENGTHS
     from cmath_fast.ops.row_conv import dialogue_rows, row_conv
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # an fp32 reference in full fp32
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     g = torch.Generator().manual_seed(0)
     lens = torch.tensor(R1_LENGTHS)
     B, L = len(R1_LENGTHS), max(R1_LENGTHS)
