@@ -55,8 +55,9 @@ def test_epoch(record, preset, op, provider):
                 if runner is not None:
                     total = runner.step(batch, epoch=5)[0]
                 else:
-                    b = batch.to("cuda")
-                    total = train_step(model, opt, b.inputs(), b.labels, 5, CLIP, precision=PRECISION)[0]
+                    b = (batch.with_rows() if model.packs() else batch).to("cuda")
+                    total = train_step(model, opt, b.inputs(), b.labels, 5, CLIP, precision=PRECISION,
+                                       rows=b.rows)[0]
             return total
     else:
         predictor = GraphedPredictor(model, batch_size=BATCH, precision=PRECISION) if graphed else None

@@ -49,8 +49,12 @@ def test_model_step(record, shape_name, step, provider, precision):
     model = model.to(weight_dtype(precision))
     host = Batch(*random_batch(cfg, list(shape.lengths), torch.Generator().manual_seed(0), "cpu"),
                  ids=list(range(len(shape.lengths))))
-    host = host.to("cpu", weight_dtype(precision)).pin_memory()
+    host = host.to("cpu", weight_dtype(precision))
+    if model.packs():  # the packed layout from the host's lengths, as the trainer builds it
+        host = host.with_rows()
+    host = host.pin_memory()
     batch = host.to("cuda")
+    kwargs = batch.model_kwargs()
     forward = _forward(model, provider)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=True, capturable=True)
     B = len(shape.lengths)
@@ -64,7 +68,8 @@ def test_model_step(record, shape_name, step, provider, precision):
                 return runner.step(host, epoch=5)[0]
         else:
             def run():
-                return train_step(forward, opt, batch.inputs(), batch.labels, epoch=5, precision=precision)[0]
+                return train_step(forward, opt, batch.inputs(), batch.labels, epoch=5, precision=precision,
+                                  rows=batch.rows)[0]
     else:
         model.eval()
         if provider == "triton_graph":
@@ -75,7 +80,7 @@ def test_model_step(record, shape_name, step, provider, precision):
         else:
             def run():
                 with torch.no_grad(), autocast_context(precision, "cuda"):
-                    return forward(*batch.inputs()).logits
+                    return forward(*batch.inputs(), **kwargs).logits
     out = run()
     assert torch.isfinite(out.float()).all(), "non-finite result"
     train = step == "cmath_train_step"

@@ -18,6 +18,10 @@ Capturing a step needs warm-up steps first (lazy state, the Triton and cuBLAS fi
 run on the bucket's first batch and are undone — weights, optimiser state and the random number
 generators restored — so that a graphed run takes the same steps as an eager one.
 
+A model that packs rows (the fused one: ``cmath_fast.packing``) gets each batch's layout built on
+the host, its row count rounded up to a bucket too (``packing.row_bucket``): a graph per (B, L,
+rows) bucket, whose layout tensors are static inputs copied in like the features.
+
 Without capture (``capture=False``; always on a CPU) the same code runs: batches are padded to the
 same buckets and the step runs eagerly on them, so the bucketing logic is tested on any machine.
 """
@@ -30,6 +34,7 @@ import torch
 
 from ._checks import skip_value_checks
 from .losses import beta_at
+from .packing import row_bucket
 from .step import autocast_context, train_step, weight_dtype
 
 MAX_STEP_BUCKET = 128
@@ -96,6 +101,12 @@ def _copy_into(static, batch) -> None:
     """A host batch into the static device buffers (non-blocking from pinned memory)."""
     for dst, src in zip(_tensors(static), _tensors(batch)):
         dst.copy_(src, non_blocking=True)
+    if static.rows is not None:
+        static.rows.copy_(batch.rows)
+
+
+def _key(batch) -> Tuple[int, ...]:
+    return tuple(batch.shape) + ((batch.rows.n_rows,) if batch.rows is not None else ())
 
 
 def _tensors(b):
@@ -112,7 +123,9 @@ class _Bucketed:
         self.capture = on_cuda if capture is None else bool(capture)
         if self.capture and not on_cuda:
             raise ValueError(f"capture=True needs the model on a CUDA device, not {self.device}")
-        self.graphs: Dict[Tuple[int, int], _Captured] = {}
+        self.graphs: Dict[Tuple[int, ...], _Captured] = {}
+        packs = getattr(model, "packs", None)
+        self.packs = bool(packs()) if callable(packs) else False
         self._pool = None
 
     def bucket(self, n_dialogues: int, max_len: int) -> Tuple[int, int]:
@@ -120,10 +133,15 @@ class _Bucketed:
 
     def _padded(self, batch):
         """The host batch at its bucket's shape (already there when the batches were collated to
-        their buckets, as ``iterate_batches(bucket=...)`` does)."""
+        their buckets, as ``iterate_batches(bucket=...)`` does), with its packed layout in a bucketed
+        row count when the model packs rows."""
         b, l = batch.shape
         B, L = self.bucket(b, int(batch.lengths.max()) if b else 1)
-        return batch.padded(B, max(L, l))
+        batch = batch.padded(B, max(L, l))
+        if self.packs:
+            B, L = batch.shape
+            batch = batch.with_rows(row_bucket(int(batch.lengths.sum()), B * L))
+        return batch
 
     def _capture(self, key, static, run, warmup: int):
         """Warm ``run(static)`` up, then capture it into this object's memory pool."""
@@ -161,7 +179,7 @@ class GraphedTrainer(_Bucketed):
     def _run(self, b):
         return train_step(self.model, self.opt, b.inputs(), b.labels, None, self.max_grad_norm,
                           precision=self.precision, beta=self.beta,
-                          autocast_cache=not self.capture)
+                          autocast_cache=not self.capture, rows=b.rows)
 
     def step(self, batch, epoch: Optional[int]):
         beta = beta_at(self.model.cfg, epoch)
@@ -172,9 +190,9 @@ class GraphedTrainer(_Bucketed):
         dtype = weight_dtype(self.precision)
         if not self.capture:
             return self._run(batch.to(self.device, dtype))
-        entry = self.graphs.get(batch.shape)
+        entry = self.graphs.get(_key(batch))
         if entry is None:
-            entry = self._capture(batch.shape, batch.to(self.device, dtype), self._run, self.warmup)
+            entry = self._capture(_key(batch), batch.to(self.device, dtype), self._run, self.warmup)
         else:
             _copy_into(entry.inputs, batch)
         entry.graph.replay()
@@ -229,7 +247,7 @@ class GraphedPredictor(_Bucketed):
     def _run(self, b):
         # no autocast weight cache inside graphs: cached casts would outlive the capture
         with torch.no_grad(), autocast_context(self.precision, self.device.type, cache=not self.capture):
-            return self.model(*b.inputs()).logits
+            return self.model(*b.inputs(), **b.model_kwargs()).logits
 
     def __call__(self, batch):
         self.model.eval()
@@ -238,9 +256,9 @@ class GraphedPredictor(_Bucketed):
         dtype = self.model.coarse_head.weight.dtype
         if not self.capture:
             return self._run(batch.to(self.device, dtype))[:b, :l]
-        entry = self.graphs.get(batch.shape)
+        entry = self.graphs.get(_key(batch))
         if entry is None:
-            entry = self._capture(batch.shape, batch.to(self.device, dtype), self._run, warmup=1)
+            entry = self._capture(_key(batch), batch.to(self.device, dtype), self._run, warmup=1)
         else:
             _copy_into(entry.inputs, batch)
         entry.graph.replay()

@@ -12,16 +12,18 @@ The loss (``cmath_fast.losses``) is one for both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from ._checks import check_index_range, check_lengths, check_tensor
+from ._checks import _compiling, check_index_range, check_lengths, check_tensor
 from .backend import resolve_backend
 from .config import MODALITIES, MODALITY_NAMES, CMATHConfig
 from .impl import get_implementation
 from .losses import beta_at, cmath_loss
+from .packing import PackedRows, pack_rows
 from .profiling import nvtx_range
 from .reference.layers import (CMALayer, CMATransformer, FineHead, ModalityProjection,
                                ModalityReconstruction, VariationalFusion, masked_mean, padding_mask)
@@ -58,6 +60,47 @@ class CMATHOutput:
         return self.logits.argmax(dim=-1)
 
 
+class PackedCMATHOutput(CMATHOutput):
+    """A forward pass computed on packed rows, read in the padded layout: ``logits``,
+    ``fine_logits`` and ``kl`` (unpacked together, one gather), ``fine`` and ``coarse`` are
+    unpacked when first read, zero at padded positions. ``packed`` is the output in the packed
+    layout ((1, N, ...) tensors, mask the valid rows), which the loss uses (a training step
+    unpacks nothing); ``rows`` the layout."""
+
+    def __init__(self, packed: CMATHOutput, rows: PackedRows, mask: torch.Tensor, lengths: torch.Tensor):
+        self.packed, self.rows = packed, rows
+        self.mask, self.lengths = mask, lengths
+        self.rec_loss, self.kl_loss, self.extras = packed.rec_loss, packed.kl_loss, packed.extras
+
+    @cached_property
+    def _classes(self):
+        p = self.packed
+        names = list(p.fine_logits)
+        stacked = torch.stack([p.logits[0]] + [p.fine_logits[c][0] for c in names])
+        padded = self.rows.unpack_rows(stacked, self.mask)
+        return padded[0], dict(zip(names, padded[1:].unbind(0)))
+
+    @cached_property
+    def logits(self) -> torch.Tensor:
+        return self._classes[0]
+
+    @cached_property
+    def fine_logits(self) -> Dict[str, torch.Tensor]:
+        return self._classes[1]
+
+    @cached_property
+    def kl(self) -> torch.Tensor:
+        return self.rows.unpack_rows(self.packed.kl[0, :, None], self.mask)[..., 0]
+
+    @cached_property
+    def fine(self) -> Dict[str, torch.Tensor]:
+        return {c: self.rows.unpack_rows(f[0], self.mask) for c, f in self.packed.fine.items()}
+
+    @cached_property
+    def coarse(self) -> torch.Tensor:
+        return self.rows.unpack_rows(self.packed.coarse[0], self.mask)
+
+
 class CMATH(nn.Module):
     """CMATH for multimodal emotion recognition in conversation.
 
@@ -67,12 +110,14 @@ class CMATH(nn.Module):
     the same whatever the backend, so checkpoints move between them.
     """
 
-    def __init__(self, cfg: CMATHConfig, backend: str = "auto"):
+    def __init__(self, cfg: CMATHConfig, backend: str = "auto", pack_rows: bool = True):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
         self.backend, self.backend_reason = resolve_backend(backend)
         self.impl = get_implementation(self.backend, cfg)
+        # Packed rows (cmath_fast.packing) where the implementation supports them (the fused one).
+        self.pack_rows = bool(pack_rows)
         d = cfg.d_model
         enc = ModalityReconstruction if cfg.reconstruction else ModalityProjection
         dims = cfg.feature_dims()
@@ -143,25 +188,49 @@ class CMATH(nn.Module):
             enc.feat_std.copy_(std)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, text, audio, visual, speakers, lengths, *, eps: Optional[torch.Tensor] = None
-                ) -> CMATHOutput:
+    def packs(self, rows: Optional[PackedRows] = None) -> bool:
+        """Whether a forward runs on packed rows: the implementation packs, ``pack_rows`` is on,
+        and (unless the layout is given) the model is not being compiled (building a layout reads
+        the lengths on the host)."""
+        return self.impl.packs_rows and self.pack_rows and (rows is not None or not _compiling())
+
+    def forward(self, text, audio, visual, speakers, lengths, *, eps: Optional[torch.Tensor] = None,
+                rows: Optional[PackedRows] = None) -> CMATHOutput:
         """text (B, L, D_t), audio (B, L, D_a), visual (B, L, D_v) float, right-padded;
         speakers (B, L) int in [0, S); lengths (B,) int. ``eps`` (B, L, d_z): the fusion noise
-        to use instead of a fresh draw (for exact comparisons)."""
+        to use instead of a fresh draw (for exact comparisons). ``rows``: the packed layout of
+        these lengths (``cmath_fast.packing.pack_rows``; built here when not given) for an
+        implementation that packs; others ignore it."""
         self.check_inputs(text, audio, visual, speakers, lengths)
         B, L, _ = text.shape
         mask = padding_mask(lengths, L)
+        feats = {"t": text, "a": audio, "v": visual}
+        packed = self.packs(rows)
+        if packed:
+            if rows is None:
+                rows = pack_rows(lengths, L)
+            elif (rows.batch, rows.max_len) != (B, L):
+                raise ValueError(f"rows: a layout of (B, L) = {(rows.batch, rows.max_len)}, but the batch is "
+                                 f"{(B, L)}; build it with pack_rows(lengths, {L})")
+            feats = {m: rows.pack(x)[None] for m, x in feats.items()}
+            speakers = rows.pack(speakers)[None]
+            if eps is not None:
+                eps = rows.pack(eps)[None]
+            outer_mask, mask = mask, rows.valid[None]
+        else:
+            rows = None
         impl = self.impl
-        hidden, rec = impl.encode(self, {"t": text, "a": audio, "v": visual}, speakers, mask, lengths)
+        hidden, rec = impl.encode(self, feats, speakers, mask, lengths, rows)
         with nvtx_range("cma/" + "".join(self.cfg.centrals)):
-            fine = impl.cma(self, hidden, lengths)
+            fine = impl.cma(self, hidden, lengths, rows)
         with nvtx_range("fusion"):
             coarse, kl = impl.fuse(self, [fine[c] for c in self.cfg.centrals], mask, eps)
         with nvtx_range("heads"):
             logits, fine_logits = impl.heads(self, coarse, fine, mask)
-        return CMATHOutput(logits=logits, fine_logits=fine_logits, fine=fine, coarse=coarse,
-                           mask=mask, lengths=lengths, rec_loss=rec, kl=kl,
-                           kl_loss=masked_mean(kl, mask))
+        out = CMATHOutput(logits=logits, fine_logits=fine_logits, fine=fine, coarse=coarse,
+                          mask=mask, lengths=lengths, rec_loss=rec, kl=kl,
+                          kl_loss=masked_mean(kl, mask))
+        return PackedCMATHOutput(out, rows, outer_mask, lengths) if packed else out
 
     # ------------------------------------------------------------------ loss
     def beta_at(self, epoch: Optional[int]) -> float:
@@ -177,6 +246,9 @@ class CMATH(nn.Module):
         if labels.shape != out.mask.shape:
             raise ValueError(f"labels: expected shape {tuple(out.mask.shape)}, got {tuple(labels.shape)}")
         check_index_range("labels", labels, out.mask, self.cfg.num_classes)
+        if isinstance(out, PackedCMATHOutput):  # the loss on the valid rows, where they were computed
+            labels = out.rows.pack(labels)[None]
+            out = out.packed
         with nvtx_range("loss"):
             return cmath_loss(self.cfg, out, labels, self.class_weights, epoch, beta=beta,
                               rows=self.impl.loss_rows)
@@ -185,4 +257,4 @@ class CMATH(nn.Module):
         return f"backend={self.backend!r}"
 
 
-__all__ = ["CMATH", "CMATHConfig", "CMATHOutput"]
+__all__ = ["CMATH", "CMATHConfig", "CMATHOutput", "PackedCMATHOutput"]

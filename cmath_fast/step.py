@@ -53,16 +53,17 @@ def make_grad_scaler(precision: str, device_type: str):
 
 def train_step(model, opt: torch.optim.Optimizer, inputs, labels: torch.Tensor, epoch: Optional[int],
                max_grad_norm: float = 0.0, skip_nonfinite: bool = False, precision: str = "fp32",
-               scaler=None, beta: Optional[torch.Tensor] = None, autocast_cache: bool = True):
+               scaler=None, beta: Optional[torch.Tensor] = None, autocast_cache: bool = True, rows=None):
     """forward, loss, backward, (clip the gradient norm when ``max_grad_norm``), optimiser step,
     with NVTX ranges. ``inputs``: (text, audio, visual, speakers, lengths), features already in
     ``weight_dtype(precision)``. Returns (total loss, dict of loss terms), both detached tensors on
     the model's device (no host sync). ``skip_nonfinite``: a step whose loss is NaN or inf leaves
     the weights and the optimiser untouched (this reads the loss on the host: one sync).
     ``scaler``: the gradient scaler of fp16-mixed. ``beta``: the KL weight as a device tensor
-    (what a captured step reads; see ``cmath_fast.graphs``), else the schedule's at ``epoch``."""
+    (what a captured step reads; see ``cmath_fast.graphs``), else the schedule's at ``epoch``.
+    ``rows``: the batch's packed layout (``Batch.with_rows``), for a model that packs rows."""
     with autocast_context(precision, inputs[0].device.type, autocast_cache):
-        out = model(*inputs)
+        out = model(*inputs) if rows is None else model(*inputs, rows=rows)
         total, terms = model.loss(out, labels, epoch=epoch, **({} if beta is None else {"beta": beta}))
     opt.zero_grad(set_to_none=True)
     with nvtx_range("backward", "bwd"):

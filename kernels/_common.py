@@ -78,7 +78,10 @@ def launch(kernel, grid, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, announced to the launch listeners."""
     if not _LAUNCH_LISTENERS:
         return kernel[grid](*args, **kwargs)
-    name = kernel.fn.__name__ if hasattr(kernel, "fn") else getattr(kernel, "__name__", str(kernel))
+    inner = kernel
+    while hasattr(inner, "fn"):  # an autotuner wraps a JITFunction, which wraps the function
+        inner = inner.fn
+    name = getattr(inner, "__name__", str(kernel))
     for fn in _LAUNCH_LISTENERS:
         fn(name, True)
     try:

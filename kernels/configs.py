@@ -14,7 +14,8 @@ kernels key on d_z (and d_in for the GEMM's K tile).
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Tuple
+import functools
+from typing import Dict, Iterator, NamedTuple, Tuple
 
 import torch
 import triton
@@ -40,23 +41,44 @@ class Tile(NamedTuple):
     num_stages: int
 
 
-# kernel, bucket, block_d, dtype -> Tile. "cma_bwd" covers the dK/dV and the dQ kernels.
+# kernel, bucket, block_d, dtype -> Tile.
 ATTENTION = (
     ("cma_fwd", 16, ANY, ANY, Tile(16, 32, 0, 2, 2)),
     ("cma_fwd", 32, ANY, ANY, Tile(32, 32, 0, 4, 2)),
     ("cma_fwd", ANY, 128, ANY, Tile(64, 64, 0, 8, 2)),
     ("cma_fwd", 64, ANY, ANY, Tile(64, 64, 0, 4, 2)),
     ("cma_fwd", 128, ANY, ANY, Tile(128, 64, 0, 8, 2)),
-    # both backward kernels spill at 64 x 64 with dh 128
-    ("cma_bwd", ANY, 128, ANY, Tile(32, 64, 0, 8, 2)),
-    ("cma_bwd", 16, ANY, ANY, Tile(16, 32, 0, 4, 2)),
-    ("cma_bwd", 32, ANY, ANY, Tile(32, 32, 0, 4, 2)),
-    ("cma_bwd", ANY, ANY, ANY, Tile(64, 64, 0, 4, 2)),
+    # both backward kernels spill at 64 x 64 with dh 128; at 32 x 64, dK/dV spills with 8 warps
+    # (packed rows) and dQ with 4
+    ("cma_bwd_dkdv", ANY, 128, ANY, Tile(32, 64, 0, 4, 2)),
+    ("cma_bwd_dq", ANY, 128, ANY, Tile(32, 64, 0, 8, 2)),
+    ("cma_bwd_dkdv", 16, ANY, ANY, Tile(16, 32, 0, 4, 2)),
+    ("cma_bwd_dq", 16, ANY, ANY, Tile(16, 32, 0, 4, 2)),
+    ("cma_bwd_dkdv", 32, ANY, ANY, Tile(32, 32, 0, 4, 2)),
+    ("cma_bwd_dq", 32, ANY, ANY, Tile(32, 32, 0, 4, 2)),
+    ("cma_bwd_dkdv", ANY, ANY, ANY, Tile(64, 64, 0, 4, 2)),
+    ("cma_bwd_dq", ANY, ANY, ANY, Tile(64, 64, 0, 4, 2)),
     # the backward preprocess is elementwise with a row sum: 32-row tiles stay spill-free at dh 128
     ("cma_bwd_preprocess", 16, ANY, ANY, Tile(16, 0, 0, 4, 1)),
     ("cma_bwd_preprocess", ANY, ANY, ANY, Tile(32, 0, 0, 4, 1)),
     ("cma_dropout_mask", ANY, ANY, ANY, Tile(32, 32, 0, 4, 1)),
 )
+
+# Rows for one GPU family ("sm90", "sm100", ...), in ATTENTION's format, consulted before
+# ATTENTION on a device of that family: the winners a CMATH_FAST_AUTOTUNE=1 run prints
+# (kernels/autotune.py) go here once measured. None has been measured yet, so every family
+# takes the rows above.
+ATTENTION_BY_FAMILY: Dict[str, tuple] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_family(index: int = 0) -> str:
+    """"sm90" for a compute capability 9.0 device (empty without CUDA)."""
+    if not torch.cuda.is_available():
+        return ""
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm{major}{minor}"
+
 
 # kernel, d_z bucket (BLOCK_Z), d_in bucket (BLOCK_K), dtype -> Tile (block_m = BLOCK_N rows,
 # block_n = BLOCK_Z). 8 warps for the GEMM: with 4, the two accumulators plus the Philox epilogue
@@ -97,11 +119,12 @@ def _lookup(table, kernel: str, key1, key2, dtype: str) -> Tile:
 
 
 def attention_tile(kernel: str, length: int, block_d: int, dtype: torch.dtype, gpu: bool = None) -> Tile:
-    """The tile of an attention kernel ("cma_fwd", "cma_bwd", "cma_bwd_preprocess",
+    """The tile of an attention kernel ("cma_fwd", "cma_bwd_dkdv", "cma_bwd_dq", "cma_bwd_preprocess",
     "cma_dropout_mask") for a padded query length, a padded head dim and the input dtype."""
     if not (gpu if gpu is not None else not interpreting()):
         return INTERPRETER
-    return _lookup(ATTENTION, kernel, length_bucket(length), block_d, dtype_name(dtype))
+    table = ATTENTION_BY_FAMILY.get(gpu_family(), ()) + ATTENTION
+    return _lookup(table, kernel, length_bucket(length), block_d, dtype_name(dtype))
 
 
 def fusion_z_bucket(d_z: int) -> int:
@@ -124,7 +147,7 @@ def fusion_tile(kernel: str, d_z: int, d_in: int, dtype: torch.dtype, gpu: bool 
 
 def all_attention_tiles() -> Iterator[Tuple[str, int, int, str, Tile]]:
     """Every (kernel, bucket, block_d, dtype, tile) a launcher can choose on a GPU."""
-    for kernel in ("cma_fwd", "cma_bwd", "cma_bwd_preprocess"):
+    for kernel in ("cma_fwd", "cma_bwd_dkdv", "cma_bwd_dq", "cma_bwd_preprocess"):
         for bucket in LENGTH_BUCKETS:
             for bd in BLOCK_DS:
                 for dt in DTYPES:

@@ -39,7 +39,8 @@ import triton
 import triton.language as tl
 
 from ._common import BIG, LOG2E, NEG, block_d, dot_precision, launch, load_rows, tile_prologue, upcast
-from .configs import attention_tile
+from .autotune import launch_tile
+from .configs import attention_tile, dtype_name, length_bucket
 
 
 @triton.jit
@@ -50,16 +51,40 @@ def _keep(seed, row, offs_m, offs_n, Lk, p_drop):
 
 
 @triton.jit
-def _out_offsets(b, offs_m, s, h, offs_d, Lq, S: tl.constexpr, H, dh):
-    """Offsets into a contiguous (B, Lq, S, H, dh) tensor (out, its gradient) of one tile."""
-    return ((b * Lq + offs_m[:, None]) * S + s) * H * dh + h * dh + offs_d[None, :]
+def _dialogue_rows(b, START, Lq, PACKED: tl.constexpr):
+    """(first row, row extent) of dialogue b. Padded: b * Lq and Lq. Packed: START[b] and
+    START[b + 1] - START[b] (the dialogue's rows, plus any padding rows the layout gave it)."""
+    r0 = b * Lq
+    ext = Lq
+    if PACKED:
+        r0 = tl.load(START + b)
+        ext = tl.load(START + b + 1) - r0
+    return r0, ext
+
+
+@triton.jit
+def _batch_offset(b, r0, stride_b, stride_m, PACKED: tl.constexpr):
+    """Offset of dialogue b's first row in a strided tensor: its batch stride, or (packed) its
+    first row times the row stride."""
+    if PACKED:
+        off = r0 * stride_m
+    else:
+        off = b * stride_b
+    return off
+
+
+@triton.jit
+def _out_offsets(r0, offs_m, s, h, offs_d, S: tl.constexpr, H, dh):
+    """Offsets into a contiguous (rows, S, H, dh) tensor (out, its gradient) of one tile of the
+    dialogue whose first row is r0."""
+    return ((r0 + offs_m[:, None]) * S + s) * H * dh + h * dh + offs_d[None, :]
 
 
 # Integers that change from call to call are not specialised: divisibility by 16 of a length, a
 # batch stride or the seed would otherwise compile a new variant for some new values.
 @triton.jit(do_not_specialize=["stride_qb", "stride_ks", "stride_kb", "Lq", "Lk"])
 def _cma_fwd_kernel(
-    Q, K, V, G, O, OU, LSE, QLEN, KVLEN, SEED,
+    Q, K, V, G, O, OU, LSE, QLEN, KVLEN, SEED, START,
     sm_scale, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
@@ -68,28 +93,31 @@ def _cma_fwd_kernel(
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr, HAS_GATES: tl.constexpr, STORE_UNGATED: tl.constexpr,
     JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, PACKED: tl.constexpr,
 ):
     """Forward. Q (B, Lq, H, dh); K, V (S, B, Lk, H, dh) sharing strides; G (B, Lq, S, H) gates;
     O, OU (B, Lq, S, H, dh) gated and ungated outputs; LSE (B, S, H, Lq) fp32; QLEN (B,) and
     KVLEN (S, B) int32; SEED (1,) int64, the dropout seed, read on the device. Constexprs: S streams; BLOCK_M x BLOCK_N tiles; BLOCK_D = dh padded to a
     power of two (EVEN_D when equal); feature flags as named; UPCAST loads to fp32 (the
-    interpreter's bf16 is wrong); PRECISION the tl.dot input precision.
+    interpreter's bf16 is wrong); PRECISION the tl.dot input precision; PACKED: rows are packed
+    (see ``_dialogue_rows``; q, k, v, gates and outputs have one row axis, B = 1 in the strides).
 
     This program processes BLOCK_M query rows of one (batch, head) for every stream."""
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_len = tl.load(QLEN + b)
+    r0, ext = _dialogue_rows(b, START, Lq, PACKED)
     seed = tl.load(SEED)  # unused (and not loaded) without dropout
     offs_m, offs_d, row_ok, d_ok = tile_prologue(pid_m, BLOCK_M, q_len, BLOCK_D, dh)
     if EVEN_D:
         d_ok = offs_d < BLOCK_D  # constant true: the compiler drops the head-dim mask
     # A tile wholly past q_len runs no key loop: its rows are written as zeros.
     active = pid_m * BLOCK_M < q_len
-    q = load_rows(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
-                  row_ok, d_ok, UPCAST)
+    q_base = Q + _batch_offset(b, r0, stride_qb, stride_qm, PACKED) + h * stride_qh
+    q = load_rows(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], row_ok, d_ok, UPCAST)
     qk_scale = sm_scale * LOG2E
+    kv_b = _batch_offset(b, r0, stride_kb, stride_kn, PACKED)
 
     if JOINT:
         # Pass 1: the log-sum-exp over the union of every stream's valid keys.
@@ -98,7 +126,7 @@ def _cma_fwd_kernel(
         for s in tl.static_range(S):
             kv_len = tl.load(KVLEN + s * stride_kvls + b)
             n_end = tl.where(active, kv_len, 0)
-            k_base = K + s * stride_ks + b * stride_kb + h * stride_kh
+            k_base = K + s * stride_ks + kv_b + h * stride_kh
             for start_n in range(0, n_end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 n_ok = offs_n < kv_len
@@ -118,7 +146,7 @@ def _cma_fwd_kernel(
         kv_len = tl.load(KVLEN + s * stride_kvls + b)
         n_end = tl.where(active, kv_len, 0)
         row = (b * S + s) * H + h
-        kv_base = s * stride_ks + b * stride_kb + h * stride_kh
+        kv_base = s * stride_ks + kv_b + h * stride_kh
         m_i = tl.full([BLOCK_M], NEG, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -157,26 +185,26 @@ def _cma_fwd_kernel(
             nonempty = l_i > 0.0
             o = acc / tl.where(nonempty, l_i, 1.0)[:, None]
             lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), BIG)
-        in_q = offs_m < Lq
-        tl.store(LSE + row * Lq + offs_m, lse, mask=in_q)
+        tl.store(LSE + row * Lq + offs_m, lse, mask=offs_m < Lq)
 
         o = tl.where(row_ok[:, None], o, 0.0)
-        o_off = _out_offsets(b, offs_m, s, h, offs_d, Lq, S, H, dh)
-        o_mask = in_q[:, None] & d_ok[None, :]
+        o_off = _out_offsets(r0, offs_m, s, h, offs_d, S, H, dh)
+        o_mask = (offs_m < ext)[:, None] & d_ok[None, :]
         if HAS_GATES:
             if STORE_UNGATED:
                 tl.store(OU + o_off, o.to(OU.dtype.element_ty), mask=o_mask)
-            g = tl.load(G + ((b * Lq + offs_m) * S + s) * H + h, mask=row_ok, other=0.0).to(tl.float32)
+            g = tl.load(G + ((r0 + offs_m) * S + s) * H + h, mask=row_ok, other=0.0).to(tl.float32)
             o = o * g[:, None]
         tl.store(O + o_off, o.to(O.dtype.element_ty), mask=o_mask)
 
 
 @triton.jit(do_not_specialize=["stride_dob", "Lq"])
 def _cma_bwd_preprocess_kernel(
-    DO, O, OU, G, DELTA, DG, DOU, QLEN,
+    DO, O, OU, G, DELTA, DG, DOU, QLEN, START,
     stride_dob, stride_dom, stride_dos, stride_doh,
     Lq, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HAS_GATES: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     """Delta (B, S, H, Lq) fp32 = rowsum(dO_s . O_s) with dO_s = g_s dOut_s, d(gates)
     (B, Lq, S, H) fp32 = rowsum(dOut_s . O_s) (O_s ungated), and with gates DOU = dO_s, the
@@ -189,17 +217,19 @@ def _cma_bwd_preprocess_kernel(
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_len = tl.load(QLEN + b)
+    r0, ext = _dialogue_rows(b, START, Lq, PACKED)
     offs_m, offs_d, row_ok, d_ok = tile_prologue(pid_m, BLOCK_M, q_len, BLOCK_D, dh)
-    in_q = offs_m < Lq
+    in_q = offs_m < ext
+    do_base = DO + _batch_offset(b, r0, stride_dob, stride_dom, PACKED) + h * stride_doh
     # A loop, not unrolled: each stream's tiles die at the end of its iteration (unrolled, the
     # three streams' loads are scheduled together and spill).
     for s in range(S):
-        off = _out_offsets(b, offs_m, s, h, offs_d, Lq, S, H, dh)
-        do = load_rows(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos + h * stride_doh
-                       + offs_d[None, :], row_ok, d_ok, True)
+        off = _out_offsets(r0, offs_m, s, h, offs_d, S, H, dh)
+        do = load_rows(do_base + offs_m[:, None] * stride_dom + s * stride_dos + offs_d[None, :],
+                       row_ok, d_ok, True)
         if HAS_GATES:
             ou = load_rows(OU + off, row_ok, d_ok, True)
-            g_off = ((b * Lq + offs_m) * S + s) * H + h
+            g_off = ((r0 + offs_m) * S + s) * H + h
             g = tl.load(G + g_off, mask=row_ok, other=0.0).to(tl.float32)
             dg = tl.sum(do * ou, 1)
             tl.store(DG + g_off, dg, mask=in_q)
@@ -208,7 +238,7 @@ def _cma_bwd_preprocess_kernel(
         else:
             o = load_rows(O + off, row_ok, d_ok, True)
             delta = tl.sum(do * o, 1)
-        tl.store(DELTA + ((b * S + s) * H + h) * Lq + offs_m, delta, mask=in_q)
+        tl.store(DELTA + ((b * S + s) * H + h) * Lq + offs_m, delta, mask=offs_m < Lq)
 
 
 @triton.jit
@@ -226,7 +256,7 @@ def _load_delta(DELTA, b, s, h, offs_m, m_ok, Lq, H, S: tl.constexpr, JOINT: tl.
 @triton.jit(do_not_specialize=["stride_qb", "stride_ks", "stride_kb", "stride_dob", "stride_dks",
                                "stride_dkb", "Lq", "Lk"])
 def _cma_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, QLEN, KVLEN, SEED,
+    Q, K, V, DO, LSE, DELTA, DK, DV, QLEN, KVLEN, SEED, START,
     sm_scale, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
@@ -236,7 +266,7 @@ def _cma_bwd_dkdv_kernel(
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, PACKED: tl.constexpr,
 ):
     """dK, dV (S, B, Lk, H, dh) sharing strides, of one key block. DO (B, Lq, S, H, dh) is the
     gradient of the ungated output (the preprocess applied the gates).
@@ -249,10 +279,14 @@ def _cma_bwd_dkdv_kernel(
     h = sh % H
     q_len = tl.load(QLEN + b)
     kv_len = tl.load(KVLEN + s * stride_kvls + b)
+    r0, ext = _dialogue_rows(b, START, Lq, PACKED)
     seed = tl.load(SEED)
     offs_n, offs_d, n_ok, d_ok = tile_prologue(pid_n, BLOCK_N, kv_len, BLOCK_D, dh)
     row = (b * S + s) * H + h
-    kv_off = s * stride_ks + b * stride_kb + offs_n[:, None] * stride_kn + h * stride_kh + offs_d[None, :]
+    kv_off = (s * stride_ks + _batch_offset(b, r0, stride_kb, stride_kn, PACKED) + offs_n[:, None] * stride_kn
+              + h * stride_kh + offs_d[None, :])
+    q_base = Q + _batch_offset(b, r0, stride_qb, stride_qm, PACKED) + h * stride_qh
+    do_base = DO + _batch_offset(b, r0, stride_dob, stride_dom, PACKED) + s * stride_dos + h * stride_doh
     k = load_rows(K + kv_off, n_ok, d_ok, UPCAST)
     v = load_rows(V + kv_off, n_ok, d_ok, UPCAST)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -262,10 +296,8 @@ def _cma_bwd_dkdv_kernel(
     for start_m in range(0, m_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < q_len
-        q = load_rows(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
-                      m_ok, d_ok, UPCAST)
-        do = load_rows(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos + h * stride_doh
-                       + offs_d[None, :], m_ok, d_ok, UPCAST)
+        q = load_rows(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], m_ok, d_ok, UPCAST)
+        do = load_rows(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], m_ok, d_ok, UPCAST)
         lse = tl.load(LSE + row * Lq + offs_m, mask=m_ok, other=BIG)
         qkT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         pT = tl.where(n_ok[:, None] & m_ok[None, :], tl.exp2(qkT - lse[None, :]), 0.0)
@@ -281,15 +313,19 @@ def _cma_bwd_dkdv_kernel(
         dsT = pT * (dpT - delta[None, :])
         dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
     dk = dk * sm_scale
-    out_off = s * stride_dks + b * stride_dkb + offs_n[:, None] * stride_dkn + h * stride_dkh + offs_d[None, :]
-    out_mask = (offs_n < Lk)[:, None] & d_ok[None, :]
+    out_off = (s * stride_dks + _batch_offset(b, r0, stride_dkb, stride_dkn, PACKED) + offs_n[:, None] * stride_dkn
+               + h * stride_dkh + offs_d[None, :])
+    k_ext = Lk
+    if PACKED:
+        k_ext = ext  # the keys are the dialogue's own rows
+    out_mask = (offs_n < k_ext)[:, None] & d_ok[None, :]
     tl.store(DK + out_off, dk.to(DK.dtype.element_ty), mask=out_mask)
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit(do_not_specialize=["stride_qb", "stride_ks", "stride_kb", "stride_dob", "Lq", "Lk"])
 def _cma_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, QLEN, KVLEN, SEED,
+    Q, K, V, DO, LSE, DELTA, DQ, QLEN, KVLEN, SEED, START,
     sm_scale, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
@@ -298,7 +334,7 @@ def _cma_bwd_dq_kernel(
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, PACKED: tl.constexpr,
 ):
     """dQ (B, Lq, H, dh) contiguous, of one query block, summed over the streams inside the
     program. DO (B, Lq, S, H, dh) as for dK/dV.
@@ -309,22 +345,25 @@ def _cma_bwd_dq_kernel(
     h = tl.program_id(1)
     b = tl.program_id(2)
     q_len = tl.load(QLEN + b)
+    r0, ext = _dialogue_rows(b, START, Lq, PACKED)
     seed = tl.load(SEED)
     offs_m, offs_d, m_ok, d_ok = tile_prologue(pid_m, BLOCK_M, q_len, BLOCK_D, dh)
     active = pid_m * BLOCK_M < q_len
-    q = load_rows(Q + b * stride_qb + offs_m[:, None] * stride_qm + h * stride_qh + offs_d[None, :],
-                  m_ok, d_ok, UPCAST)
+    q = load_rows(Q + _batch_offset(b, r0, stride_qb, stride_qm, PACKED) + offs_m[:, None] * stride_qm
+                  + h * stride_qh + offs_d[None, :], m_ok, d_ok, UPCAST)
+    kv_b = _batch_offset(b, r0, stride_kb, stride_kn, PACKED)
+    do_base = DO + _batch_offset(b, r0, stride_dob, stride_dom, PACKED) + h * stride_doh
     qk_scale = sm_scale * LOG2E
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for s in tl.static_range(S):
         kv_len = tl.load(KVLEN + s * stride_kvls + b)
         row = (b * S + s) * H + h
-        do = load_rows(DO + b * stride_dob + offs_m[:, None] * stride_dom + s * stride_dos + h * stride_doh
-                       + offs_d[None, :], m_ok, d_ok, UPCAST)
+        do = load_rows(do_base + offs_m[:, None] * stride_dom + s * stride_dos + offs_d[None, :],
+                       m_ok, d_ok, UPCAST)
         lse = tl.load(LSE + row * Lq + offs_m, mask=m_ok, other=BIG)
         delta = _load_delta(DELTA, b, s, h, offs_m, m_ok, Lq, H, S, JOINT)
         n_end = tl.where(active, kv_len, 0)
-        kv_base = s * stride_ks + b * stride_kb + h * stride_kh
+        kv_base = s * stride_ks + kv_b + h * stride_kh
         for start_n in range(0, n_end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             n_ok = offs_n < kv_len
@@ -344,8 +383,8 @@ def _cma_bwd_dq_kernel(
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     dq = dq * sm_scale
-    tl.store(DQ + ((b * Lq + offs_m[:, None]) * H + h) * dh + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=(offs_m < Lq)[:, None] & d_ok[None, :])
+    tl.store(DQ + ((r0 + offs_m[:, None]) * H + h) * dh + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=(offs_m < ext)[:, None] & d_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["Lq", "Lk"])
@@ -382,77 +421,106 @@ def _check_kv(k, v, what="k and v"):
                          f"{k.stride()} and {v.stride()}")
 
 
+def _layout(q, k, starts, max_len):
+    """(B, Lq, Lk, q as (B, Lq, H, dh), k as (S, B, Lk, H, dh)) of either layout. Packed rows
+    (``starts`` given): q (N, H, dh) and k (S, N, H, dh) are read as one batch of N rows; dialogue
+    b owns rows starts[b]..starts[b+1] and has at most ``max_len`` of them."""
+    if starts is None:
+        return q.shape[0], q.shape[1], k.shape[2], q, k
+    return starts.shape[0] - 1, max_len, max_len, q.unsqueeze(0), k.unsqueeze(1)
+
+
 def cross_modal_attention_fwd(q, k, v, q_lengths, kv_lengths, gates, sm_scale, dropout_p, seed,
-                              joint, store_ungated):
+                              joint, store_ungated, starts=None, max_len=0):
     """q (B, Lq, H, dh); k, v (S, B, Lk, H, dh) sharing strides; q_lengths (B,) int32;
     kv_lengths (S, B) int32; gates (B, Lq, S, H) contiguous or None; seed (1,) int64 on the
     device (read only with dropout). Returns (out (B, Lq, S, H, dh),
-    out_ungated or None, lse (B, S, H, Lq))."""
-    B, Lq, H, dh = q.shape
-    S, Lk = k.shape[0], k.shape[2]
+    out_ungated or None, lse (B, S, H, Lq)).
+
+    Packed rows: ``starts`` (B + 1,) int32, the first row of each dialogue and the row count last
+    (each dialogue's extent, its rows and any padding rows after them, at most ``max_len``); q
+    (N, H, dh), k, v (S, N, H, dh), gates (N, S, H), out (N, S, H, dh); every stream's keys are
+    the dialogue's own rows. Rows of an extent past the dialogue's length are written as zeros."""
+    B, Lq, Lk, q4, k5 = _layout(q, k, starts, max_len)
+    H, dh = q.shape[-2:]
+    S = k.shape[0]
     _check_kv(k, v)
     if gates is not None and not gates.is_contiguous():
-        raise ValueError("gates: expected a contiguous (B, Lq, S, H) tensor")
-    out = torch.empty((B, Lq, S, H, dh), device=q.device, dtype=q.dtype)
+        raise ValueError("gates: expected a contiguous gates tensor")
+    rows = q.shape[:-2]
+    out = torch.empty(rows + (S, H, dh), device=q.device, dtype=q.dtype)
     out_u = torch.empty_like(out) if (gates is not None and store_ungated) else None
     lse = torch.empty((B, S, H, Lq), device=q.device, dtype=torch.float32)
     bd = block_d(dh)
     tile = attention_tile("cma_fwd", Lq, bd, q.dtype)
-    launch(_cma_fwd_kernel, (triton.cdiv(Lq, tile.block_m), H, B),
+    row_key = (length_bucket(Lq), bd, dtype_name(q.dtype))
+    launch_tile("cma_fwd", _cma_fwd_kernel, lambda m: (triton.cdiv(Lq, m["BLOCK_M"]), H, B), tile, row_key,
            q, k, v, gates if gates is not None else out, out, out_u if out_u is not None else out, lse,
-           q_lengths, kv_lengths, _seed_arg(seed, q_lengths, dropout_p), float(sm_scale), float(dropout_p),
-           q.stride(0), q.stride(1), q.stride(2), *k.stride()[:4], kv_lengths.stride(0),
+           q_lengths, kv_lengths, _seed_arg(seed, q_lengths, dropout_p), _starts_arg(starts, q_lengths),
+           float(sm_scale), float(dropout_p),
+           q4.stride(0), q4.stride(1), q4.stride(2), *k5.stride()[:4], kv_lengths.stride(0),
            Lq, Lk, H, dh,
-           S=S, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_D=bd, EVEN_D=bd == dh,
+           S=S, BLOCK_D=bd, EVEN_D=bd == dh,
            HAS_GATES=gates is not None, STORE_UNGATED=out_u is not None, JOINT=bool(joint),
            HAS_DROPOUT=dropout_p > 0.0, UPCAST=upcast(q.dtype), PRECISION=dot_precision(q.dtype),
-           num_warps=tile.num_warps, num_stages=tile.num_stages)
+           PACKED=starts is not None, key_values=(Lq, dh))
     return out, out_u, lse
 
 
+def _starts_arg(starts, placeholder):
+    """The row starts, or (padded rows, when the kernels never read them) a placeholder."""
+    return starts if starts is not None else placeholder
+
+
 def cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths, kv_lengths,
-                              sm_scale, dropout_p, seed, joint, dk=None, dv=None):
+                              sm_scale, dropout_p, seed, joint, dk=None, dv=None, starts=None, max_len=0):
     """Gradients (dq, dk, dv, dgates) of the forward above; dgates (fp32) is None without gates.
-    ``dk``, ``dv``: optional (S, B, Lk, H, dh) outputs with identical strides (e.g. the two halves
-    of one packed key/value gradient), written in place."""
-    B, Lq, H, dh = q.shape
-    S, Lk = k.shape[0], k.shape[2]
+    ``dk``, ``dv``: optional outputs shaped like k with identical strides (e.g. the two halves
+    of one packed key/value gradient), written in place. ``starts``, ``max_len``: packed rows, as
+    for the forward."""
+    B, Lq, Lk, q4, k5 = _layout(q, k, starts, max_len)
+    H, dh = q.shape[-2:]
+    S = k.shape[0]
     _check_kv(k, v)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
+    packed = starts is not None
+    starts_arg = _starts_arg(starts, q_lengths)
     bd = block_d(dh)
+    rows = q.shape[:-2]
     delta = torch.empty((B, S, H, Lq), device=q.device, dtype=torch.float32)
     if gates is not None:
-        dgates = torch.empty((B, Lq, S, H), device=q.device, dtype=torch.float32)
-        dout_u = torch.empty((B, Lq, S, H, dh), device=q.device, dtype=dout.dtype)
+        dgates = torch.empty(rows + (S, H), device=q.device, dtype=torch.float32)
+        dout_u = torch.empty(rows + (S, H, dh), device=q.device, dtype=dout.dtype)
     else:
         dgates, dout_u = None, dout
+    dout5 = dout.unsqueeze(0) if packed else dout
     pre = attention_tile("cma_bwd_preprocess", Lq, bd, q.dtype)
-    launch(_cma_bwd_preprocess_kernel, (triton.cdiv(Lq, pre.block_m), H, B),
-           dout, out, out_u if out_u is not None else out, gates if gates is not None else dout,
-           delta, dgates if dgates is not None else delta, dout_u, q_lengths, *dout.stride()[:4],
-           Lq, H, dh, S=S, BLOCK_M=pre.block_m, BLOCK_D=bd, HAS_GATES=gates is not None,
-           num_warps=pre.num_warps, num_stages=pre.num_stages)
+    row_key = (length_bucket(Lq), bd, dtype_name(q.dtype))
+    launch_tile("cma_bwd_preprocess", _cma_bwd_preprocess_kernel, lambda m: (triton.cdiv(Lq, m["BLOCK_M"]), H, B),
+           pre, row_key, dout, out, out_u if out_u is not None else out, gates if gates is not None else dout,
+           delta, dgates if dgates is not None else delta, dout_u, q_lengths, starts_arg, *dout5.stride()[:4],
+           Lq, H, dh, S=S, BLOCK_D=bd, HAS_GATES=gates is not None, PACKED=packed, key_values=(Lq, dh))
 
-    tile = attention_tile("cma_bwd", Lq, bd, q.dtype)
-    flags = dict(S=S, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_D=bd, JOINT=bool(joint),
-                 HAS_DROPOUT=dropout_p > 0.0, UPCAST=upcast(q.dtype), PRECISION=dot_precision(q.dtype),
-                 num_warps=tile.num_warps, num_stages=tile.num_stages)
+    flags = dict(S=S, BLOCK_D=bd, JOINT=bool(joint), HAS_DROPOUT=dropout_p > 0.0, UPCAST=upcast(q.dtype),
+                 PRECISION=dot_precision(q.dtype), PACKED=packed, key_values=(Lq, dh))
     if dk is None:
-        dk = torch.empty((S, B, Lk, H, dh), device=q.device, dtype=k.dtype)
+        dk = torch.empty(tuple(k.shape), device=q.device, dtype=k.dtype)
         dv = torch.empty_like(dk)
     else:
         _check_kv(dk, dv, "dk and dv")
-    scalars = (_seed_arg(seed, q_lengths, dropout_p), float(sm_scale), float(dropout_p))
-    q_strides = (q.stride(0), q.stride(1), q.stride(2))
-    launch(_cma_bwd_dkdv_kernel, (triton.cdiv(Lk, tile.block_n), S * H, B),
-           q, k, v, dout_u, lse, delta, dk, dv, q_lengths, kv_lengths, *scalars,
-           *q_strides, *k.stride()[:4], *dout_u.stride()[:4], *dk.stride()[:4], kv_lengths.stride(0),
+    dk5 = dk.unsqueeze(1) if packed else dk
+    dout_u5 = dout_u.unsqueeze(0) if packed else dout_u
+    scalars = (_seed_arg(seed, q_lengths, dropout_p), starts_arg, float(sm_scale), float(dropout_p))
+    q_strides = (q4.stride(0), q4.stride(1), q4.stride(2))
+    launch_tile("cma_bwd_dkdv", _cma_bwd_dkdv_kernel, lambda m: (triton.cdiv(Lk, m["BLOCK_N"]), S * H, B),
+           attention_tile("cma_bwd_dkdv", Lq, bd, q.dtype), row_key, q, k, v, dout_u, lse, delta, dk, dv, q_lengths, kv_lengths, *scalars,
+           *q_strides, *k5.stride()[:4], *dout_u5.stride()[:4], *dk5.stride()[:4], kv_lengths.stride(0),
            Lq, Lk, H, dh, **flags)
-    dq = torch.empty((B, Lq, H, dh), device=q.device, dtype=q.dtype)
-    launch(_cma_bwd_dq_kernel, (triton.cdiv(Lq, tile.block_m), H, B),
-           q, k, v, dout_u, lse, delta, dq, q_lengths, kv_lengths, *scalars,
-           *q_strides, *k.stride()[:4], *dout_u.stride()[:4], kv_lengths.stride(0),
+    dq = torch.empty(tuple(q.shape), device=q.device, dtype=q.dtype)
+    launch_tile("cma_bwd_dq", _cma_bwd_dq_kernel, lambda m: (triton.cdiv(Lq, m["BLOCK_M"]), H, B),
+           attention_tile("cma_bwd_dq", Lq, bd, q.dtype), row_key, q, k, v, dout_u, lse, delta, dq, q_lengths, kv_lengths, *scalars,
+           *q_strides, *k5.stride()[:4], *dout_u5.stride()[:4], kv_lengths.stride(0),
            Lq, Lk, H, dh, **flags)
     return dq, dk, dv, dgates
 

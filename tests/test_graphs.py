@@ -26,7 +26,8 @@ def test_buckets():
     with pytest.raises(ValueError, match="exceeds the batch size"):
         bucket_shape(9, 4, 8)
     from cmath_fast.bench.padding import _cost
-    assert _cost([10, 10, 2, 2], [[0, 1], [2, 3]], 2) == (24, 1.0, pytest.approx((2 * 16 + 2 * 8) / 24))
+    assert _cost([10, 10, 2, 2], [[0, 1], [2, 3]], 2) == (24, 1.0, pytest.approx((2 * 16 + 2 * 8) / 24),
+                                                         pytest.approx((32 + 16) / 24))
 
 
 def test_length_grouped_batches_cover_every_dialogue_once_with_less_padding():

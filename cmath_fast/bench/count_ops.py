@@ -92,6 +92,7 @@ class OpCounter(TorchDispatchMode):
 def count_training_step(cfg, backend: str, lengths=(7, 5, 3, 1), seed: int = 0) -> Tuple[int, Dict[str, int], Counter]:
     """(total, per-component counts, per-op counts) of one training step of CMATH(cfg, backend)."""
     from ..model import CMATH
+    from ..packing import pack_rows
     from ..step import train_step
     from ..testing import random_batch
 
@@ -105,9 +106,11 @@ def count_training_step(cfg, backend: str, lengths=(7, 5, 3, 1), seed: int = 0) 
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
     gen = torch.Generator().manual_seed(seed)
     text, audio, visual, speakers, lens, labels = random_batch(cfg, list(lengths), gen)
+    # The packed layout is built on the host before the step, as the trainer does.
+    rows = pack_rows(lens, text.shape[1]) if model.packs() else None
     # one warm-up step so that lazily created optimiser state is not counted
     for counting in (False, True):
         counter = OpCounter()
         with skip_value_checks(), (counter if counting else contextlib.nullcontext()):
-            train_step(model, opt, (text, audio, visual, speakers, lens), labels, epoch=1)
+            train_step(model, opt, (text, audio, visual, speakers, lens), labels, epoch=1, rows=rows)
     return sum(counter.counts.values()), dict(counter.counts), counter.ops

@@ -51,6 +51,7 @@ def cmd_bench(args) -> int:
 def cmd_profile(args) -> int:
     from .. import profiling
     from ..model import CMATH
+    from ..packing import pack_rows
     from ..step import train_step
     if args.backend == "triton":
         use_interpreter_without_cuda()
@@ -61,9 +62,11 @@ def cmd_profile(args) -> int:
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     lengths = [int(x) for x in args.lengths.split(",")]
     text, audio, visual, speakers, lens, labels = random_batch(cfg, lengths, gen, args.device)
+    # the packed layout from host lengths, as the trainer builds it (no read-back per step)
+    rows = pack_rows(torch.tensor(lengths), text.shape[1]).to(args.device) if model.packs() else None
 
     def step():
-        train_step(model, opt, (text, audio, visual, speakers, lens), labels, epoch=1)
+        train_step(model, opt, (text, audio, visual, speakers, lens), labels, epoch=1, rows=rows)
 
     for _ in range(args.warmup):
         step()

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..config import MODALITIES, MODALITY_NAMES
+from ..packing import PackedRows, pack_rows
 
 
 class DataError(ValueError):
@@ -147,6 +148,9 @@ class Batch:
     lengths: torch.Tensor
     labels: torch.Tensor
     ids: List[object]
+    # The packed layout of the lengths (``with_rows``), built on the host: the fused model's
+    # packed forward then reads nothing back from the device to learn it.
+    rows: Optional[PackedRows] = None
 
     def to(self, device, feature_dtype: Optional[torch.dtype] = None) -> "Batch":
         """On ``device``, features in ``feature_dtype`` when given. Copies from pinned memory (see
@@ -154,14 +158,30 @@ class Batch:
         def move(t, dtype=None):
             return t.to(device, dtype=dtype, non_blocking=t.is_pinned())
         feats = [move(t, feature_dtype) for t in (self.text, self.audio, self.visual)]
-        return Batch(*feats, *(move(t) for t in (self.speakers, self.lengths, self.labels)), ids=self.ids)
+        rows = self.rows.to(device, non_blocking=True) if self.rows is not None else None
+        return Batch(*feats, *(move(t) for t in (self.speakers, self.lengths, self.labels)), ids=self.ids,
+                     rows=rows)
 
     def pin_memory(self) -> "Batch":
         return Batch(*(t.pin_memory() for t in (self.text, self.audio, self.visual, self.speakers,
-                                                 self.lengths, self.labels)), ids=self.ids)
+                                                 self.lengths, self.labels)), ids=self.ids,
+                     rows=self.rows.pin_memory() if self.rows is not None else None)
+
+    def with_rows(self, n_rows: Optional[int] = None) -> "Batch":
+        """This batch with its packed layout (``cmath_fast.packing.pack_rows`` of its lengths, in
+        ``n_rows`` rows: default the valid count), built where the lengths are (the host)."""
+        rows = pack_rows(self.lengths, self.shape[1], n_rows)
+        if self.lengths.is_pinned():
+            rows = rows.pin_memory()
+        return Batch(self.text, self.audio, self.visual, self.speakers, self.lengths, self.labels, self.ids,
+                     rows=rows)
 
     def inputs(self):
         return self.text, self.audio, self.visual, self.speakers, self.lengths
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of the model call besides ``inputs()``: the packed layout if any."""
+        return {} if self.rows is None else {"rows": self.rows}
 
     @property
     def shape(self) -> Tuple[int, int]:

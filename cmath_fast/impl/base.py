@@ -20,17 +20,21 @@ class Implementation:
     """
 
     name = "abstract"
+    # Whether encode/cma take packed rows (``cmath_fast.packing``): mask (1, N) and (1, N, ...)
+    # tensors, dialogue boundaries from ``rows``. Implementations that do not pack get the padded
+    # layout and rows=None.
+    packs_rows = False
 
     def not_supported_reasons(self, cfg) -> List[str]:
         """Why this implementation cannot run ``cfg`` (empty when it can)."""
         return []
 
     def encode(self, model, feats: Dict[str, torch.Tensor], speakers: torch.Tensor, mask: torch.Tensor,
-               lengths: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+               lengths: torch.Tensor, rows=None) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """Reconstruction U-Nets and embeddings: ({m: H_m (B, L, d)}, L_rec scalar)."""
         raise NotImplementedError
 
-    def cma(self, model, hidden: Dict[str, torch.Tensor], lengths: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def cma(self, model, hidden: Dict[str, torch.Tensor], lengths: torch.Tensor, rows=None) -> Dict[str, torch.Tensor]:
         """One CMA-Transformer per central: {c: F_c (B, L, d)}."""
         raise NotImplementedError
 

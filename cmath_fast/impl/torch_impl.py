@@ -17,24 +17,24 @@ from .base import Implementation
 class TorchImplementation(Implementation):
     name = "torch"
 
-    def encode(self, model, feats, speakers, mask, lengths):
+    def encode(self, model, feats, speakers, mask, lengths, rows=None):
         cfg = model.cfg
         n_valid = mask.sum().clamp_min(1).to(torch.float32)
         codes, rec = {}, feats["t"].new_zeros(())
         with nvtx_range("reconstruction"):
-            rows = self.row_layout(mask, lengths)
+            layout = self.row_layout(mask, lengths, rows)
             for m in MODALITIES:
-                z, x_hat, x_std = self.reconstruct(model.encoders[m], feats[m], mask, rows)
+                z, x_hat, x_std = self.reconstruct(model.encoders[m], feats[m], mask, layout)
                 if x_hat is not None:
                     rec = rec + F.mse_loss(x_hat, x_std, reduction="sum") / (n_valid * x_std.shape[-1])
                 codes[m] = z
         with nvtx_range("embed"):
-            hidden = self.embed(model, codes, speakers, mask, feats["t"].dtype)
+            hidden = self.embed(model, codes, speakers, mask, feats["t"].dtype, rows)
             if cfg.aux_self_attention:
-                hidden = self.self_attention(model.aux_encoders, hidden, lengths)
+                hidden = self.self_attention(model.aux_encoders, hidden, lengths, rows)
         return hidden, rec
 
-    def embed(self, model, codes: Dict[str, torch.Tensor], speakers, mask, dtype) -> Dict[str, torch.Tensor]:
+    def embed(self, model, codes: Dict[str, torch.Tensor], speakers, mask, dtype, rows=None) -> Dict[str, torch.Tensor]:
         """Each modality's code plus the positions and the speaker embedding, then dropout."""
         B, L = mask.shape
         pos = sinusoidal_positions(L, model.cfg.d_model, device=mask.device, dtype=dtype)
@@ -42,7 +42,7 @@ class TorchImplementation(Implementation):
         spk = model.speaker_embedding(spk)
         return {m: model.embed_dropout(z + pos + spk) for m, z in codes.items()}
 
-    def row_layout(self, mask, lengths):
+    def row_layout(self, mask, lengths, rows=None):
         """What ``reconstruct`` needs besides the mask, computed once for the three modalities
         (the reference needs nothing)."""
         return None
@@ -51,11 +51,11 @@ class TorchImplementation(Implementation):
         """One modality's U-Net (or projection): (Z_m, X_hat_m or None, standardised X_m)."""
         return encoder(x, mask)
 
-    def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths) -> Dict[str, torch.Tensor]:
+    def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths, rows=None) -> Dict[str, torch.Tensor]:
         """The auxiliary streams' own 1-layer self-attention (``aux_self_attention``)."""
         return {m: layers[m](h, [], lengths) for m, h in hidden.items()}
 
-    def cma(self, model, hidden, lengths):
+    def cma(self, model, hidden, lengths, rows=None):
         fine = {}
         for c in model.cfg.centrals:
             order = stream_order(c)

@@ -53,14 +53,16 @@ def _hyper_parameters(layer: CMALayer) -> tuple:
 
 
 def cma_layer_stacked(layers: Sequence[CMALayer], x: torch.Tensor, aux: Sequence[torch.Tensor],
-                      lengths: torch.Tensor) -> torch.Tensor:
+                      lengths: torch.Tensor, rows=None) -> torch.Tensor:
     """C CMA layers of the same shape, layer i applied to x[i]: x (C, B, L, d) central states,
     aux S-1 tensors (C, B, L, d) of auxiliary streams, lengths (C*B,) -> the new x (C, B, L, d).
-    Same math as ``layers[i](x[i], [a[i] for a in aux], lengths)``."""
+    Same math as ``layers[i](x[i], [a[i] for a in aux], lengths)``. Packed rows: x and aux
+    (C, 1, N, d) and ``rows`` the C copies' row starts (``PackedRows.stacked(C)``)."""
     hp = {_hyper_parameters(layer) for layer in layers}
     if len(hp) != 1:
         raise ValueError(f"cma_layer_stacked: the stacked layers differ in hyper-parameters: {sorted(hp)}")
     C, B, L, d = x.shape
+    lead = (C * B, L) if rows is None else (C * B * L,)
     attn = [layer.attn for layer in layers]
     first = attn[0]
     S, H, dh = first.num_streams, first.num_heads, first.head_dim
@@ -69,15 +71,15 @@ def cma_layer_stacked(layers: Sequence[CMALayer], x: torch.Tensor, aux: Sequence
     # (S*C, B*L, d) @ (S*C, d, 2d): stream-major so that each stream's k (and v) over the stacked
     # batch C*B is one equally strided view.
     inp = torch.stack(streams).view(S * C, B * L, d)
-    kv = kv_projection(inp, attn, S).view(S, C * B, L, 2, H, dh)
+    kv = kv_projection(inp, attn, S).view((S,) + lead + (2, H, dh))
     xn_rows = xn.view(C, B * L, d)
-    q = batched_linear(xn_rows, [a.w_q for a in attn]).view(C * B, L, H, dh)
+    q = batched_linear(xn_rows, [a.w_q for a in attn]).view(lead + (H, dh))
     gates = None
     if first.gated:
-        g = torch.sigmoid(batched_linear(xn_rows, [a.w_g for a in attn])).view(C * B, L, S - 1, H)
-        gates = torch.cat([torch.ones_like(g[:, :, :1]), g], dim=2)
+        g = torch.sigmoid(batched_linear(xn_rows, [a.w_g for a in attn])).view(lead + (S - 1, H))
+        gates = torch.cat([torch.ones_like(g[..., :1, :]), g], dim=-2)
     p = first.attn_dropout if first.training else 0.0
-    o = cross_modal_attention_packed(q, kv, lengths, gates=gates, dropout_p=p, joint=first.joint)
+    o = cross_modal_attention_packed(q, kv, lengths, gates=gates, dropout_p=p, joint=first.joint, rows=rows)
     o = batched_linear(o.view(C, B * L, S * d), [a.w_o for a in attn]).view(C, B, L, d)
     x = x + dropout(o, layers[0].dropout)
     ffns = [layer.ffn for layer in layers]
@@ -89,6 +91,7 @@ def cma_layer_stacked(layers: Sequence[CMALayer], x: torch.Tensor, aux: Sequence
 
 class TritonImplementation(TorchImplementation):
     name = "triton"
+    packs_rows = True
 
     def not_supported_reasons(self, cfg) -> List[str]:
         reasons = []
@@ -97,16 +100,22 @@ class TritonImplementation(TorchImplementation):
                            f"exceeds the attention kernel's {MAX_HEAD_DIM}")
         return reasons
 
-    def row_layout(self, mask, lengths):
+    def row_layout(self, mask, lengths, rows=None):
+        if rows is not None:
+            return rows.pos, rows.lens
         return dialogue_rows(lengths, mask.shape[1])
 
-    def embed(self, model, codes, speakers, mask, dtype):
-        """The three modalities at once: stacked codes, cached positions, one speaker lookup, one
-        dropout draw."""
+    def embed(self, model, codes, speakers, mask, dtype, rows=None):
+        """The three modalities at once: stacked codes, cached positions (gathered per row when
+        packed), one speaker lookup, one dropout draw."""
         B, L = mask.shape
         names = list(codes)
         spk = model.speaker_embedding(torch.where(mask, speakers.long(), model.cfg.num_speakers))
-        base = _positions(L, model.cfg.d_model, mask.device, dtype) + spk
+        if rows is None:
+            pos = _positions(L, model.cfg.d_model, mask.device, dtype)
+        else:
+            pos = _positions(rows.max_len, model.cfg.d_model, mask.device, dtype).index_select(0, rows.pos)
+        base = pos + spk
         h = dropout(torch.stack([codes[m] for m in names]) + base, model.embed_dropout)
         return dict(zip(names, h.unbind(0)))
 
@@ -126,13 +135,14 @@ class TritonImplementation(TorchImplementation):
         x_hat = conv(encoder.dec2, torch.cat([u, skip], dim=-1) if encoder.skip else u, None)
         return z.view(B, L, -1), x_hat.view(B, L, D), x_std
 
-    def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths) -> Dict[str, torch.Tensor]:
+    def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths, rows=None) -> Dict[str, torch.Tensor]:
         names = [m for m in MODALITIES if m in hidden]
         x = torch.stack([hidden[m] for m in names])
-        out = cma_layer_stacked([layers[m] for m in names], x, [], lengths.repeat(len(names)))
+        out = cma_layer_stacked([layers[m] for m in names], x, [], lengths.repeat(len(names)),
+                                rows.stacked(len(names)) if rows is not None else None)
         return dict(zip(names, out.unbind(0)))
 
-    def cma(self, model, hidden, lengths):
+    def cma(self, model, hidden, lengths, rows=None):
         centrals = model.cfg.centrals
         C = len(centrals)
         x = torch.stack([hidden[c] for c in centrals])  # (C, B, L, d)
@@ -140,8 +150,9 @@ class TritonImplementation(TorchImplementation):
         aux = [torch.stack([hidden[stream_order(c)[s]] for c in centrals]) for s in range(1, S)]
         lens = lengths.repeat(C)
         stacks = [model.cma[c] for c in centrals]
+        stacked = rows.stacked(C) if rows is not None else None
         for li in range(len(stacks[0].layers)):
-            x = cma_layer_stacked([t.layers[li] for t in stacks], x, aux, lens)
+            x = cma_layer_stacked([t.layers[li] for t in stacks], x, aux, lens, stacked)
         out = stacked_layer_norm(x, [t.norm for t in stacks])
         return dict(zip(centrals, out.unbind(0)))
 

@@ -9,9 +9,11 @@ one Python call per op, where ``torch.library.custom_op`` with ``register_autogr
 microseconds more on the host per call (measured in the README).
 
 Operators (optional outputs that were not asked for come back as empty tensors):
-    cma_fwd(q, k, v, gates?, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated)
-        -> (out (B, Lq, S, H, dh), out_ungated or empty, lse (B, S, H, Lq) fp32)
-    cma_bwd(dout, q, k, v, out, out_u, lse, gates?, q_len, kv_len, seed, sm_scale, dropout_p, joint)
+    cma_fwd(q, k, v, gates?, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated, starts?, max_len)
+        -> (out (B, Lq, S, H, dh), out_ungated or empty, lse (B, S, H, Lq) fp32); with ``starts``
+        (packed rows) q (N, H, dh), k, v (S, N, H, dh), out (N, S, H, dh), Lq = max_len
+    cma_bwd(dout, q, k, v, out, out_u, lse, gates?, q_len, kv_len, seed, sm_scale, dropout_p, joint, starts?,
+            max_len)
         -> (dq, dkv (S, B, Lk, 2, H, dh): dk and dv packed, dgates fp32 or empty)
     vf_fwd(e, weight, bias?, eps?, row_mask?, seed, training, logvar_clamp, return_eps, save_h)
         -> (z, kl (N,) fp32, [mu | logvar_raw] (N, 2 d_z) fp32 or empty, drawn noise or empty)
@@ -62,42 +64,46 @@ def _last_dim_dense(t):
 
 
 # ------------------------------------------------------------------------------ implementations
-def _cma_fwd(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated):
+def _cma_fwd(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated, starts=None,
+             max_len=0):
     from ..kernels.cross_modal_attention import cross_modal_attention_fwd
     q, (gates,) = _last_dim_dense(q), _dense(gates)
     if k.stride() != v.stride() or k.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
     out, out_u, lse = cross_modal_attention_fwd(q, k, v, q_len, kv_len, gates, sm_scale, dropout_p, seed,
-                                                joint, store_ungated)
+                                                joint, store_ungated, starts=starts, max_len=max_len)
     return out, (out_u if out_u is not None else _empty(q)), lse
 
 
-def _cma_fwd_fake(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated):
-    B, Lq, H, dh = q.shape
+def _cma_fwd_fake(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated, starts=None,
+                  max_len=0):
+    H, dh = q.shape[-2:]
     S = k.shape[0]
-    out = q.new_empty((B, Lq, S, H, dh))
-    out_u = q.new_empty((B, Lq, S, H, dh)) if (gates is not None and store_ungated) else _empty(q)
+    rows = tuple(q.shape[:-2])  # (B, Lq), or (N,) for packed rows
+    B, Lq = (starts.shape[0] - 1, max_len) if starts is not None else rows
+    out = q.new_empty(rows + (S, H, dh))
+    out_u = q.new_empty(rows + (S, H, dh)) if (gates is not None and store_ungated) else _empty(q)
     return out, out_u, q.new_empty((B, S, H, Lq), dtype=torch.float32)
 
 
-def _cma_bwd(dout, q, k, v, out, out_u, lse, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint):
+def _cma_bwd(dout, q, k, v, out, out_u, lse, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint,
+             starts=None, max_len=0):
     from ..kernels.cross_modal_attention import cross_modal_attention_bwd
     q = _last_dim_dense(q)
     out, out_u, lse, gates = _dense(out, out_u, lse, gates)
     if k.stride() != v.stride() or k.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
-    S, B, Lk, H, dh = k.shape
-    dkv = k.new_empty((S, B, Lk, 2, H, dh))
+    dkv = k.new_empty(tuple(k.shape[:-2]) + (2,) + tuple(k.shape[-2:]))
     dq, _, _, dg = cross_modal_attention_bwd(
         dout, q, k, v, out, out_u if out_u.numel() else None, lse, gates, q_len, kv_len, sm_scale,
-        dropout_p, seed, joint, dk=dkv[:, :, :, 0], dv=dkv[:, :, :, 1])
+        dropout_p, seed, joint, dk=dkv.select(-3, 0), dv=dkv.select(-3, 1), starts=starts, max_len=max_len)
     return dq, dkv, (dg if dg is not None else _empty(lse))
 
 
-def _cma_bwd_fake(dout, q, k, v, out, out_u, lse, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint):
-    S, B, Lk, H, dh = k.shape
+def _cma_bwd_fake(dout, q, k, v, out, out_u, lse, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint,
+                  starts=None, max_len=0):
     dg = q.new_empty(tuple(gates.shape), dtype=torch.float32) if gates is not None else _empty(lse)
-    return q.new_empty(tuple(q.shape)), k.new_empty((S, B, Lk, 2, H, dh)), dg
+    return q.new_empty(tuple(q.shape)), k.new_empty(tuple(k.shape[:-2]) + (2,) + tuple(k.shape[-2:])), dg
 
 
 def _vf_fwd(e, weight, bias, eps, row_mask, seed, training, logvar_clamp, return_eps, save_h):
@@ -205,11 +211,12 @@ def _cls_bwd_fake(z, f, y, dce, dfce, dkd, tau, teacher_grad):
 
 SCHEMAS = {
     "cma_fwd": ("(Tensor q, Tensor k, Tensor v, Tensor? gates, Tensor q_len, Tensor kv_len, Tensor? seed, "
-                "float sm_scale, float dropout_p, bool joint, bool store_ungated) -> (Tensor, Tensor, Tensor)",
+                "float sm_scale, float dropout_p, bool joint, bool store_ungated, Tensor? starts=None, "
+                "int max_len=0) -> (Tensor, Tensor, Tensor)",
                 _cma_fwd, _cma_fwd_fake),
     "cma_bwd": ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor out_u, Tensor lse, "
                 "Tensor? gates, Tensor q_len, Tensor kv_len, Tensor? seed, float sm_scale, float dropout_p, "
-                "bool joint) -> (Tensor, Tensor, Tensor)", _cma_bwd, _cma_bwd_fake),
+                "bool joint, Tensor? starts=None, int max_len=0) -> (Tensor, Tensor, Tensor)", _cma_bwd, _cma_bwd_fake),
     "vf_fwd": ("(Tensor e, Tensor weight, Tensor? bias, Tensor? eps, Tensor? row_mask, Tensor? seed, "
                "bool training, float logvar_clamp, bool return_eps, bool save_h) -> (Tensor, Tensor, Tensor, Tensor)",
                _vf_fwd, _vf_fwd_fake),

@@ -82,54 +82,72 @@ class PackedKVAttentionFunction(torch.autograd.Function):
     backward kernels write directly (no per-stream slicing in autograd)."""
 
     @staticmethod
-    def forward(ctx, q, kv, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed, joint):
-        k, v = kv[:, :, :, 0], kv[:, :, :, 1]
+    def forward(ctx, q, kv, gates, q_lengths, kv_lengths, sm_scale, dropout_p, seed, joint, starts=None,
+                max_len=0):
+        k, v = kv.select(-3, 0), kv.select(-3, 1)
         out, out_u, lse = op("cma_fwd")(q, k, v, gates, q_lengths, kv_lengths, seed, sm_scale, dropout_p,
-                                        joint, any(ctx.needs_input_grad) and gates is not None)
-        ctx.save_for_backward(q, kv, out, out_u, lse, gates, q_lengths, kv_lengths, seed)
-        ctx.cfg = (sm_scale, dropout_p, joint)
+                                        joint, any(ctx.needs_input_grad) and gates is not None, starts, max_len)
+        ctx.save_for_backward(q, kv, out, out_u, lse, gates, q_lengths, kv_lengths, seed, starts)
+        ctx.cfg = (sm_scale, dropout_p, joint, max_len)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, kv, out, out_u, lse, gates, q_lengths, kv_lengths, seed = ctx.saved_tensors
-        sm_scale, dropout_p, joint = ctx.cfg
+        q, kv, out, out_u, lse, gates, q_lengths, kv_lengths, seed, starts = ctx.saved_tensors
+        sm_scale, dropout_p, joint, max_len = ctx.cfg
         with nvtx_range("op/cross_modal_attention", "bwd"):
-            dq, dkv, dg = op("cma_bwd")(dout, q, kv[:, :, :, 0], kv[:, :, :, 1], out, out_u, lse, gates,
-                                        q_lengths, kv_lengths, seed, sm_scale, dropout_p, joint)
+            dq, dkv, dg = op("cma_bwd")(dout, q, kv.select(-3, 0), kv.select(-3, 1), out, out_u, lse, gates,
+                                        q_lengths, kv_lengths, seed, sm_scale, dropout_p, joint, starts, max_len)
         dg = dg.to(gates.dtype) if gates is not None else None
-        return dq, dkv, dg, None, None, None, None, None, None
+        return dq, dkv, dg, None, None, None, None, None, None, None, None
 
 
 def cross_modal_attention_packed(q: torch.Tensor, kv: torch.Tensor, lengths: torch.Tensor, *,
                                  gates: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-                                 softmax_scale: Optional[float] = None, joint: bool = False) -> torch.Tensor:
+                                 softmax_scale: Optional[float] = None, joint: bool = False,
+                                 rows=None) -> torch.Tensor:
     """:func:`cross_modal_attention` with every stream's keys and values packed in kv
     (S, B, L, 2, H, dh) — the layout one GEMM over [W_k | W_v] produces — and one length per
     dialogue shared by the queries and every stream (as in a CMA layer). Returns (B, L, S, H, dh).
-    This is the form the CMATH model calls."""
+    This is the form the CMATH model calls.
+
+    ``rows`` (a :class:`cmath_fast.packing.PackedRows`, or any object with ``starts`` and
+    ``max_len``): the dialogues' rows are packed instead of padded — q (N, H, dh), kv
+    (S, N, 2, H, dh), gates (N, S, H), the result (N, S, H, dh); dialogue b owns rows
+    ``starts[b]`` to ``starts[b + 1]`` (its ``lengths[b]`` utterances first), and no row attends
+    across a dialogue boundary."""
     q, kv, gates = autocast_inputs(q, kv, gates)
-    check_tensor("q", q, ndim=4, floating=True)
+    packed = rows is not None
+    check_tensor("q", q, ndim=3 if packed else 4, floating=True)
     kernel_dtype("q", q)
     check_device("q", q)
-    B, L, H, dh = q.shape
-    check_tensor("kv", kv, ndim=6, dtype=q.dtype, device=q.device)
+    H, dh = q.shape[-2:]
+    check_tensor("kv", kv, ndim=5 if packed else 6, dtype=q.dtype, device=q.device)
     S = kv.shape[0]
-    if tuple(kv.shape[1:]) != (B, L, 2, H, dh):
-        raise ValueError(f"kv: expected shape (S, {B}, {L}, 2, {H}, {dh}), got {tuple(kv.shape)}")
+    lead = tuple(q.shape[:-2])
+    if tuple(kv.shape[1:]) != lead + (2, H, dh):
+        raise ValueError(f"kv: expected shape {(S,) + lead + (2, H, dh)}, got {tuple(kv.shape)}")
     if q.stride(-1) != 1 or kv.stride(-1) != 1:
         raise ValueError("q and kv: the last (head) dim must be contiguous")
-    check_lengths("lengths", lengths, B, L)
+    if packed:
+        starts, max_len = rows.starts, int(rows.max_len)
+        B, L = starts.shape[0] - 1, max_len
+        check_tensor("rows.starts", starts, ndim=1, dtype=torch.int32, device=q.device)
+        check_lengths("lengths", lengths, B, L)
+    else:
+        starts, max_len = None, 0
+        B, L = lead
+        check_lengths("lengths", lengths, B, L)
     if gates is not None:
-        check_tensor("gates", gates, ndim=4, floating=True, device=q.device)
-    gates = _check_gates_and_dropout(gates, (B, L, S, H), dropout_p)
+        check_tensor("gates", gates, ndim=len(lead) + 2, floating=True, device=q.device)
+    gates = _check_gates_and_dropout(gates, lead + (S, H), dropout_p)
     scale = dh ** -0.5 if softmax_scale is None else float(softmax_scale)
     q_len = lengths.to(device=q.device, dtype=torch.int32)
     kv_len = q_len.expand(S, B)
     seed = philox_seed(q.device) if dropout_p > 0 else None
     with nvtx_range("op/cross_modal_attention"):
         return PackedKVAttentionFunction.apply(q, kv, gates, q_len, kv_len, scale, float(dropout_p), seed,
-                                               bool(joint))
+                                               bool(joint), starts, max_len)
 
 
 def cross_modal_attention(

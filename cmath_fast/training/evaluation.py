@@ -46,9 +46,9 @@ def predict_dialogues(model: CMATH, dialogues: Sequence[Dialogue], batch_size: i
             if predictor is not None:
                 logits = predictor(batch)
             else:
-                b = batch.to(device, feat_dtype)
+                b = (batch.with_rows() if model.packs() else batch).to(device, feat_dtype)
                 with autocast_context(precision, torch.device(device).type):
-                    logits = model(*b.inputs()).logits
+                    logits = model(*b.inputs(), **b.model_kwargs()).logits
             # kept on the device: the host reads every batch's probabilities once, at the end
             out.append((batch.ids, batch.lengths, torch.softmax(logits.float(), dim=-1)))
     out = [(vid, probs[i, : int(lengths[i])]) for ids, lengths, dev in out

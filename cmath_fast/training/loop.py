@@ -228,9 +228,11 @@ def _train_one(cfg, data, opts, out_dir, log):
                 if graphed is not None:
                     total, terms = graphed.step(batch, epoch)
                 else:
-                    b = batch.to(opts.device, weight_dtype(precision))
+                    # the packed layout built from the host's lengths: no read-back from the device
+                    b = (batch.with_rows() if model.packs() else batch).to(opts.device, weight_dtype(precision))
                     total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
-                                              skip_nonfinite=skip, precision=precision, scaler=scaler)
+                                              skip_nonfinite=skip, precision=precision, scaler=scaler,
+                                              rows=b.rows)
             # skip mode read the loss on the host in train_step already
             if skip and not bool(torch.isfinite(total)):
                 n_skipped += 1

@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cmath_fast import CMATHConfig
 from cmath_fast._checks import skip_value_checks
+from cmath_fast.packing import pack_rows
 from tests.helpers import assert_close, make_batch
 from tests.impl.test_fused_model import _pair
 
@@ -88,9 +89,11 @@ def test_seeds_never_leave_the_device():
     _, fused = _pair(cfg)
     fused.train()
     batch = make_batch(cfg, [5, 2, 3])
+    # The packed layout is built from host lengths (the data loader's), before the step.
+    rows = pack_rows(batch[4], batch[0].shape[1])
     mode = _HostReads()
     with skip_value_checks(), mode:
-        out = fused(*batch[:5])  # the fusion noise and attention dropout drawn in the kernels
+        out = fused(*batch[:5], rows=rows)  # the fusion noise and attention dropout drawn in the kernels
         loss, _ = fused.loss(out, batch[5], epoch=1)
         loss.backward()
     assert mode.reads == [], f"host reads of tensor values on the op path: {mode.reads}"

@@ -16,34 +16,35 @@ def _cma():
     return cma
 
 
-def cma_fwd(dtype, bm, bn, bd, gates=True, dropout=True, joint=False, S=3, even_d=True):
+def cma_fwd(dtype, bm, bn, bd, gates=True, dropout=True, joint=False, S=3, even_d=True, packed=False):
     ptr = {n: TYPES[dtype] for n in ("Q", "K", "V", "G", "O", "OU")}
-    ptr.update(LSE="*fp32", QLEN="*i32", KVLEN="*i32", SEED="*i64")
+    ptr.update(LSE="*fp32", QLEN="*i32", KVLEN="*i32", SEED="*i64", START="*i32")
     const = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, EVEN_D=even_d, HAS_GATES=gates,
                  STORE_UNGATED=gates, JOINT=joint, HAS_DROPOUT=dropout, UPCAST=dtype == "fp32",
-                 PRECISION="ieee" if dtype == "fp32" else "tf32")
+                 PRECISION="ieee" if dtype == "fp32" else "tf32", PACKED=packed)
     return _cma()._cma_fwd_kernel, ptr, const
 
 
-def cma_bwd(which, dtype, bm, bn, bd, dropout=True, joint=False, S=3):
+def cma_bwd(which, dtype, bm, bn, bd, dropout=True, joint=False, S=3, packed=False):
     cma = _cma()
     kernel = cma._cma_bwd_dkdv_kernel if which == "dkdv" else cma._cma_bwd_dq_kernel
     ptr = {n: TYPES[dtype] for n in ("Q", "K", "V", "DO", "DK", "DV", "DQ")}
-    ptr.update(LSE="*fp32", DELTA="*fp32", QLEN="*i32", KVLEN="*i32", SEED="*i64")
+    ptr.update(LSE="*fp32", DELTA="*fp32", QLEN="*i32", KVLEN="*i32", SEED="*i64", START="*i32")
     const = dict(S=S, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, JOINT=joint, HAS_DROPOUT=dropout,
-                 UPCAST=dtype == "fp32", PRECISION="ieee" if dtype == "fp32" else "tf32")
+                 UPCAST=dtype == "fp32", PRECISION="ieee" if dtype == "fp32" else "tf32", PACKED=packed)
     return kernel, ptr, const
 
 
-def cma_preprocess(gates):
+def cma_preprocess(gates, packed=True):
     ptr = {"DO": "*bf16", "O": "*bf16", "OU": "*bf16", "G": "*bf16", "DELTA": "*fp32", "DG": "*fp32",
-           "DOU": "*bf16", "QLEN": "*i32"}
-    return _cma()._cma_bwd_preprocess_kernel, ptr, dict(S=3, BLOCK_M=64, BLOCK_D=128, HAS_GATES=gates)
+           "DOU": "*bf16", "QLEN": "*i32", "START": "*i32"}
+    return _cma()._cma_bwd_preprocess_kernel, ptr, dict(S=3, BLOCK_M=64, BLOCK_D=128, HAS_GATES=gates,
+                                                        PACKED=packed)
 
 
 def launcher_cases(dtypes=("bf16",)):
-    """Every tile the launchers can choose (read from the config table), every flag on: these are
-    also checked for spills."""
+    """Every tile the launchers can choose (read from the config table), every flag on and packed
+    rows (the model's path): these are also checked for spills."""
     from cmath_fast.kernels.configs import all_attention_tiles
 
     cases = {}
@@ -52,10 +53,10 @@ def launcher_cases(dtypes=("bf16",)):
             continue
         tag = f"{dtype}-{t.block_m}x{t.block_n}-d{bd}-w{t.num_warps}s{t.num_stages}"
         if kernel == "cma_fwd":
-            cases[f"launcher-fwd-{tag}"] = cma_fwd(dtype, t.block_m, t.block_n, bd) + t[3:]
-        elif kernel == "cma_bwd":
-            for which in ("dkdv", "dq"):
-                cases[f"launcher-{which}-{tag}"] = cma_bwd(which, dtype, t.block_m, t.block_n, bd) + t[3:]
+            cases[f"launcher-fwd-{tag}"] = cma_fwd(dtype, t.block_m, t.block_n, bd, packed=True) + t[3:]
+        elif kernel.startswith("cma_bwd_d"):
+            which = kernel[len("cma_bwd_"):]
+            cases[f"launcher-{which}-{tag}"] = cma_bwd(which, dtype, t.block_m, t.block_n, bd, packed=True) + t[3:]
         else:
             for gates in (False, True):
                 k, ptr, const = cma_preprocess(gates)
@@ -75,15 +76,17 @@ def attention_cases():
                     for gates in (False, True):
                         cases[f"fwd-{tag}-g{gates:d}"] = cma_fwd(dtype, t.block_m, t.block_n, bd, gates, dropout,
                                                                  joint) + t[3:]
-                elif kernel == "cma_bwd":
-                    for which in ("dkdv", "dq"):
-                        cases[f"{which}-{tag}"] = cma_bwd(which, dtype, t.block_m, t.block_n, bd, dropout,
-                                                          joint) + t[3:]
+                elif kernel.startswith("cma_bwd_d"):
+                    which = kernel[len("cma_bwd_"):]
+                    cases[f"{which}-{tag}"] = cma_bwd(which, dtype, t.block_m, t.block_n, bd, dropout,
+                                                      joint) + t[3:]
     else:
         cases["fwd-fp16-64x64-d64-joint"] = cma_fwd("fp16", 64, 64, 64, joint=True) + (4, 2)
         cases["fwd-fp32-32x32-d32"] = cma_fwd("fp32", 32, 32, 32) + (4, 2)
         cases["fwd-bf16-16x32-d16-plain"] = cma_fwd("bf16", 16, 32, 16, gates=False, dropout=False) + (2, 2)
         cases["fwd-bf16-64x64-d48-uneven"] = cma_fwd("bf16", 64, 64, 64, even_d=False) + (4, 2)
+        cases["fwd-bf16-128x64-d128-padded"] = cma_fwd("bf16", 128, 64, 128) + (8, 2)
+        cases["preprocess-bf16-d128-padded"] = cma_preprocess(True, packed=False) + (4, 1)
         for which in ("dkdv", "dq"):
             cases[f"{which}-bf16-64x64-d64-joint"] = cma_bwd(which, "bf16", 64, 64, 64, joint=True) + (4, 2)
             cases[f"{which}-fp32-32x32-d32"] = cma_bwd(which, "fp32", 32, 32, 32) + (4, 2)
@@ -92,8 +95,34 @@ def attention_cases():
     return cases
 
 
+def autotune_cases():
+    """The autotune candidates (kernels/autotune.py) of the attention kernels, bf16, packed rows:
+    each kernel's largest tiles at head dim 128 (the most registers and shared memory); every
+    candidate at head dims 64 and 128 with CMATH_FAST_AOT_FULL=1. Names start with "tune-"."""
+    from cmath_fast.kernels.autotune import CANDIDATES
+
+    cases = {}
+    for bd in ((64, 128) if FULL else (128,)):
+        for name, tiles in CANDIDATES.items():
+            if not FULL:
+                most = max(t.block_m * max(t.block_n, 1) for t in tiles)
+                tiles = [t for t in tiles if t.block_m * max(t.block_n, 1) == most]
+            for t in tiles:
+                tag = f"{t.block_m}x{t.block_n}-d{bd}-w{t.num_warps}s{t.num_stages}"
+                if name == "cma_fwd":
+                    case = cma_fwd("bf16", t.block_m, t.block_n, bd, packed=True)
+                elif name == "cma_bwd_preprocess":
+                    k, ptr, const = cma_preprocess(True)
+                    case = (k, ptr, dict(const, BLOCK_M=t.block_m, BLOCK_D=bd))
+                else:
+                    case = cma_bwd(name[len("cma_bwd_"):], "bf16", t.block_m, t.block_n, bd, packed=True)
+                cases[f"tune-{name}-{tag}"] = case + (t.num_warps, t.num_stages)
+    return cases
+
+
 def all_cases():
     cases = attention_cases()
+    cases.update(autotune_cases())
     try:
         from tests.kernels.aot_cases_fusion import fusion_cases, loss_cases, row_conv_cases
     except ImportError:

@@ -46,6 +46,23 @@ def test_opcheck_attention(gates, dropout, joint):
 
 
 @needs_library
+def test_opcheck_attention_packed_rows():
+    from cmath_fast.packing import pack_rows
+    q, k, v, gt, ql, kl, seed, scale, p, joint = _cma_args(True, 0.2, False)
+    rows = pack_rows(ql.cpu(), q.shape[1], rows=10).to(DEVICE)
+    pk = lambda t, axis=0: t.flatten(axis, axis + 1).index_select(axis, rows.index).contiguous()
+    q, k, v, gt = pk(q), pk(k, 1), pk(v, 1), pk(gt)
+    starts = rows.starts_for(1)
+    args = (q, k, v, gt, ql, kl, seed, scale, p, joint, True, starts, rows.max_len)
+    torch.library.opcheck(torch.ops.cmath_fast.cma_fwd, args, test_utils=OPCHECK_TESTS)
+    out, out_u, lse = torch.ops.cmath_fast.cma_fwd(*args)
+    assert tuple(out.shape) == (10, k.shape[0]) + tuple(q.shape[-2:])  # (N, S, H, dh)
+    torch.library.opcheck(torch.ops.cmath_fast.cma_bwd,
+                          (torch.randn_like(out), q, k, v, out, out_u, lse, gt, ql, kl, seed, scale, p, joint,
+                           starts, rows.max_len), test_utils=OPCHECK_TESTS)
+
+
+@needs_library
 @pytest.mark.parametrize("training, given_eps", [(True, False), (True, True), (False, False)])
 def test_opcheck_fusion(training, given_eps):
     g = torch.Generator().manual_seed(1)
