@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Reproduce the GPU numbers in one command: bash bench/reproduce.sh [quick|full] [OUT_DIR]
+# Reproduce the GPU numbers in one command: bash bench/reproduce.sh [quick|full|tune] [OUT_DIR]
 #
 # quick (fits in about 8 minutes on an H100/H200, compiles included): the GPU tests, the first-step
 # JIT time per preset, one CMA layer's attention at R1-d1024 by every provider, the iemocap
 # training step and inference under bf16 autocast (eager, torch.compile reduce-overhead, ours
 # stepped eagerly, ours replayed from CUDA graphs), and an iemocap training epoch and evaluation
 # pass (eager, ours graphed). full: the GPU tests and the whole benchmark suite (no time limit).
+# tune: the autotune mode (CMATH_FAST_AUTOTUNE=1) on our attention, fusion and U-Net benchmark rows
+# (bf16, fwd+bwd, every shape); the winners, as rows of kernels/configs.py's per-GPU-family
+# tables, go to OUT_DIR/autotune-rows.txt and are printed last.
 # Writes OUT_DIR/{env.txt, gpu-tests.log, first-step.txt, bench.log, results.csv, report.md} and
 # prints the report table last. Works without network: it installs nothing from outside.
 set -uo pipefail
@@ -28,7 +31,17 @@ $py -m cmath_fast.cli env | tee "$out/env.txt"
 
 timeouts=""  # pytest-timeout, where installed, stops one stuck test instead of the whole run
 if [ "$mode" = quick ] && $py -c "import pytest_timeout" 2>/dev/null; then timeouts="--timeout 150"; fi
-if [ "$mode" = quick ]; then
+if [ "$mode" = tune ]; then
+  export CMATH_FAST_AUTOTUNE=1 CMATH_FAST_AUTOTUNE_OUT="$out/autotune-rows.txt"
+  $py -m pytest -q -p no:cacheprovider bench/test_attention.py -k "fwd+bwd and bf16 and triton" \
+    2>&1 | tee "$out/bench.log"
+  $py -m pytest -q -p no:cacheprovider bench/test_fusion.py -k "variational_fusion and fwd+bwd and bf16 and triton" \
+    2>&1 | tee -a "$out/bench.log"
+  $py -m pytest -q -p no:cacheprovider bench/test_unet.py -k "triton" 2>&1 | tee -a "$out/bench.log"
+  echo "== autotune winners (rows for the *_BY_FAMILY tables of kernels/configs.py) =="
+  sort -u "$out/autotune-rows.txt" 2>/dev/null
+  exit 0
+elif [ "$mode" = quick ]; then
   timeout 250 $py -m pytest -q -p no:cacheprovider $timeouts tests -m cuda 2>&1 | tee "$out/gpu-tests.log"
   timeout 60 $py bench/first_step.py 2>&1 | tee "$out/first-step.txt"
   timeout 80 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_attention.py \

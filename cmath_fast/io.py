@@ -42,7 +42,10 @@ def atomic_write_text(path: str, text: str) -> None:
 def save_checkpoint(path: str, tensors: Dict[str, torch.Tensor], meta: dict) -> None:
     from safetensors.torch import save
 
-    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    def own(t):  # a view into a larger buffer (tied, stacked parameters) gets its own storage
+        t = t.detach().cpu().contiguous()
+        return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
+    flat = {k: own(v) for k, v in tensors.items()}
     atomic_write(path, save(flat, metadata={CHECKPOINT_KEY: json.dumps(meta)}))
 
 

@@ -17,6 +17,10 @@ call, and the winner is printed to stderr as
 tuned here writes its outputs without accumulating into them, so re-running it while benchmarking
 is harmless.
 
+The fusion's GEMM kernel (``vf_fwd``) is tuned the same way, its rows per program, warps and
+stages (winners for ``configs.FUSION_BY_FAMILY``), and so are the U-Net's three row-convolution
+kernels, every block size (``configs.ROW_CONV_BY_FAMILY``).
+
 The candidates follow what reaches high throughput on Hopper (Triton's fused-attention tutorial,
 FlashAttention-2): 64-128-row query tiles with 4-8 warps, 32-128-column key tiles, 2-4 pipeline
 stages; small tiles stay in the list for short dialogues.
@@ -42,13 +46,29 @@ PARAMS: Dict[str, Tuple[Tuple[str, str], ...]] = {
     "cma_bwd_dkdv": (("BLOCK_M", "block_m"), ("BLOCK_N", "block_n")),
     "cma_bwd_dq": (("BLOCK_M", "block_m"), ("BLOCK_N", "block_n")),
     "cma_bwd_preprocess": (("BLOCK_M", "block_m"),),
+    # the fusion GEMM's rows per program; its BLOCK_Z (the KL partials' layout) and BLOCK_K are the
+    # table's buckets
+    "vf_fwd": (("BLOCK_N", "block_m"),),
+    # the U-Net's row convolutions: every block size
+    "row_conv_fwd": (("BLOCK_M", "block_m"), ("BLOCK_N", "block_n"), ("BLOCK_K", "block_k")),
+    "row_conv_bwd_dx": (("BLOCK_M", "block_m"), ("BLOCK_N", "block_n"), ("BLOCK_K", "block_k")),
+    "row_conv_bwd_dw": (("BLOCK_M", "block_m"), ("BLOCK_N", "block_n"), ("BLOCK_K", "block_k")),
 }
+# Where each kernel's winners go (kernels/configs.py): the per-family table and the row's name.
+TABLES = {"vf_fwd": ("FUSION_BY_FAMILY", "vf_fwd"),
+          "row_conv_fwd": ("ROW_CONV_BY_FAMILY", "fwd"),
+          "row_conv_bwd_dx": ("ROW_CONV_BY_FAMILY", "bwd_dx"),
+          "row_conv_bwd_dw": ("ROW_CONV_BY_FAMILY", "bwd_dw")}
 # The kernel arguments a tuned choice is keyed on (besides the tensors' dtypes).
 KEYS: Dict[str, List[str]] = {
     "cma_fwd": ["Lq", "dh"],
     "cma_bwd_dkdv": ["Lq", "dh"],
     "cma_bwd_dq": ["Lq", "dh"],
     "cma_bwd_preprocess": ["Lq", "dh"],
+    "vf_fwd": ["d_in", "d_z"],
+    "row_conv_fwd": ["C_in", "C_out", "K"],
+    "row_conv_bwd_dx": ["C_in", "C_out", "K"],
+    "row_conv_bwd_dw": ["C_in", "C_out", "K"],
 }
 
 
@@ -64,6 +84,15 @@ CANDIDATES: Dict[str, List[Tile]] = {
     "cma_bwd_dq": _grid([(16, 32, 4), (32, 32, 4), (32, 64, 4), (32, 64, 8), (64, 32, 4), (64, 64, 4),
                          (64, 64, 8), (128, 64, 8)], (2, 3)),
     "cma_bwd_preprocess": [Tile(m, 0, 0, w, 1) for m in (16, 32, 64, 128) for w in (4, 8)],
+    "vf_fwd": [Tile(m, 0, 0, w, s) for m in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)],
+    "row_conv_fwd": [Tile(m, n, k, w, s) for (m, n, k, w) in ((32, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4),
+                                                               (128, 64, 32, 8), (128, 128, 32, 8), (64, 64, 64, 4),
+                                                               (128, 128, 64, 8)) for s in (2, 3, 4)],
+    "row_conv_bwd_dx": [Tile(m, n, k, w, s) for (m, n, k, w) in ((32, 64, 32, 4), (64, 64, 32, 4), (64, 128, 32, 4),
+                                                                  (128, 64, 32, 8), (128, 128, 32, 8),
+                                                                  (64, 64, 64, 4), (128, 128, 64, 8)) for s in (2, 3, 4)],
+    "row_conv_bwd_dw": [Tile(m, n, k, w, s) for (m, n, k, w) in ((32, 64, 32, 4), (32, 64, 64, 4), (64, 64, 64, 4),
+                                                                  (32, 128, 64, 8), (64, 128, 128, 8)) for s in (2, 3)],
 }
 
 _TUNERS: Dict[str, object] = {}
@@ -110,9 +139,10 @@ def _tile_of(name: str, config, table_tile: Tile) -> Tile:
 
 
 def format_row(name: str, row_key: Tuple, tile: Tile, note: str = "") -> str:
-    """A winner as a row of the config table (``kernels/configs.py``)."""
-    bucket, bd, dtype = row_key
-    row = f'("{name}", {bucket}, {bd}, "{dtype}", Tile({", ".join(str(int(x)) for x in tile)})),'
+    """A winner as a row of its config table (``kernels/configs.py``); ``name`` as the table
+    names the kernel, ``row_key`` its two bucket keys (None: any) and dtype."""
+    a, b, dtype = row_key
+    row = f'("{name}", {a!r}, {b!r}, "{dtype}", Tile({", ".join(str(int(x)) for x in tile)})),'
     return row + (f"  # {note}" if note else "")
 
 
@@ -128,10 +158,11 @@ def _report(name: str, row_key: Tuple, key_values: Tuple, tuner, table_tile: Til
         t = t[0] if isinstance(t, (list, tuple)) else t
         return f"{1000 * t:.1f} us" if t is not None else "?"
     table_cfg = next((c for c in timings if _tile_of(name, c, table_tile) == table_tile), None)
-    note = f"{gpu_family()} key {key_values}: {ms(best)}"
+    table, row_name = TABLES.get(name, ("ATTENTION_BY_FAMILY", name))
+    note = f"{table}[{gpu_family()!r}], key {key_values}: {ms(best)}"
     if table_cfg is not None:
         note += f"; table {tuple(table_tile)} {ms(table_cfg)}"
-    line = format_row(name, row_key, tile, note)
+    line = format_row(row_name, row_key, tile, note)
     _WINNERS.append({"kernel": name, "row_key": row_key, "key": key_values, "tile": tile, "row": line})
     print(f"[cmath-fast autotune] {line}", file=sys.stderr)
     path = os.environ.get(OUT_ENV)

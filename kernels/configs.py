@@ -97,6 +97,11 @@ ROW_CONV = (
     ("bwd_dw", ANY, ANY, ANY, Tile(32, 64, 64, 4, 2)),
 )
 
+# Rows for one GPU family in FUSION's and ROW_CONV's formats, consulted before those tables there
+# (see ATTENTION_BY_FAMILY). None measured yet.
+FUSION_BY_FAMILY: Dict[str, tuple] = {}
+ROW_CONV_BY_FAMILY: Dict[str, tuple] = {}
+
 INTERPRETER = Tile(16, 16, 16, 1, 1)
 FUSION_Z_BUCKETS = (16, 32, 64)
 FUSION_K_BUCKETS = (16, 32, 64)
@@ -141,7 +146,7 @@ def fusion_tile(kernel: str, d_z: int, d_in: int, dtype: torch.dtype, gpu: bool 
     if not (gpu if gpu is not None else not interpreting()):
         return INTERPRETER._replace(block_n=max(16, min(32, triton.next_power_of_2(d_z))))
     bz, bk = fusion_z_bucket(d_z), fusion_k_bucket(d_in)
-    tile = _lookup(FUSION, kernel, bz, bk, dtype_name(dtype))
+    tile = _lookup(FUSION_BY_FAMILY.get(gpu_family(), ()) + FUSION, kernel, bz, bk, dtype_name(dtype))
     return tile._replace(block_n=bz, block_k=bk if kernel == "vf_fwd" else 0)
 
 
@@ -169,7 +174,7 @@ def row_conv_tile(kernel: str, dtype: torch.dtype, gpu: bool = None) -> Tile:
     """The tile of a row-convolution kernel ("fwd", "bwd_dx", "bwd_dw")."""
     if not (gpu if gpu is not None else not interpreting()):
         return INTERPRETER
-    return _lookup(ROW_CONV, kernel, ANY, ANY, dtype_name(dtype))
+    return _lookup(ROW_CONV_BY_FAMILY.get(gpu_family(), ()) + ROW_CONV, kernel, ANY, ANY, dtype_name(dtype))
 
 
 def all_row_conv_tiles() -> Iterator[Tuple[str, str, Tile]]:

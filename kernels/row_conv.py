@@ -26,8 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, launch, upcast
-from .configs import row_conv_tile
+from ._common import dot_precision, upcast
+from .autotune import launch_tile
+from .configs import ANY, dtype_name, row_conv_tile
 
 SQRT1_2 = tl.constexpr(0.7071067811865476)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -200,12 +201,12 @@ def row_conv_fwd(x, weight, bias, pos, lens, pad, act, save_pre):
     tile = row_conv_tile("fwd", x.dtype)
     y = torch.empty((N, C_out), device=x.device, dtype=x.dtype)
     pre = torch.empty_like(y) if (save_pre and act) else None
-    launch(_row_conv_fwd_kernel, (triton.cdiv(N, tile.block_m), triton.cdiv(C_out, tile.block_n)),
-           x, weight, bias if bias is not None else weight, y, pre if pre is not None else y, pos, lens,
+    launch_tile("row_conv_fwd", _row_conv_fwd_kernel,
+                lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(C_out, m["BLOCK_N"])), tile,
+                (ANY, ANY, dtype_name(x.dtype)), x, weight, bias if bias is not None else weight, y, pre if pre is not None else y, pos, lens,
            N, C_in, C_out, x.stride(0), *weight.stride(),
            K=K, PAD=int(pad), ACT=int(act), HAS_BIAS=bias is not None, SAVE_PRE=pre is not None,
-           BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, UPCAST=upcast(x.dtype),
-           PRECISION=dot_precision(x.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages)
+           UPCAST=upcast(x.dtype), PRECISION=dot_precision(x.dtype), key_values=(C_in, C_out, K))
     return y, pre
 
 
@@ -223,16 +224,18 @@ def row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx):
     if need_dx:
         tile = row_conv_tile("bwd_dx", x.dtype)
         dx = torch.empty((N, C_in), device=x.device, dtype=x.dtype)
-        launch(_row_conv_bwd_dx_kernel, (triton.cdiv(N, tile.block_m), triton.cdiv(C_in, tile.block_n)),
-               dy, pre_arg, weight, dx, pos, lens, N, C_in, C_out, dy.stride(0), *weight.stride(), **common,
-               BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, UPCAST=upcast(x.dtype),
-               PRECISION=dot_precision(x.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages)
+        launch_tile("row_conv_bwd_dx", _row_conv_bwd_dx_kernel,
+                    lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(C_in, m["BLOCK_N"])), tile,
+                    (ANY, ANY, dtype_name(x.dtype)),
+                    dy, pre_arg, weight, dx, pos, lens, N, C_in, C_out, dy.stride(0), *weight.stride(), **common,
+                    UPCAST=upcast(x.dtype), PRECISION=dot_precision(x.dtype), key_values=(C_in, C_out, K))
     tile = row_conv_tile("bwd_dw", x.dtype)
     dw = torch.empty((C_out, C_in, K), device=x.device, dtype=torch.float32)
     db = torch.empty((C_out,), device=x.device, dtype=torch.float32) if has_bias else None
-    launch(_row_conv_bwd_dw_kernel, (triton.cdiv(C_out, tile.block_n), triton.cdiv(C_in, tile.block_k), K),
-           x, dy, pre_arg, dw, db if db is not None else dw, pos, lens, N, C_in, C_out, x.stride(0),
-           dy.stride(0), **common, HAS_BIAS=has_bias, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-           BLOCK_K=tile.block_k, UPCAST=upcast(x.dtype), PRECISION=dot_precision(x.dtype),
-           num_warps=tile.num_warps, num_stages=tile.num_stages)
+    launch_tile("row_conv_bwd_dw", _row_conv_bwd_dw_kernel,
+                lambda m: (triton.cdiv(C_out, m["BLOCK_N"]), triton.cdiv(C_in, m["BLOCK_K"]), K), tile,
+                (ANY, ANY, dtype_name(x.dtype)),
+                x, dy, pre_arg, dw, db if db is not None else dw, pos, lens, N, C_in, C_out, x.stride(0),
+                dy.stride(0), **common, HAS_BIAS=has_bias, UPCAST=upcast(x.dtype),
+                PRECISION=dot_precision(x.dtype), key_values=(C_in, C_out, K))
     return dx, dw, db

@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from ._common import dot_precision, launch, upcast
-from .configs import fusion_tile
+from .autotune import launch_tile
+from .configs import dtype_name, fusion_tile
 
 
 @triton.jit
@@ -297,13 +298,13 @@ def variational_fusion_fwd(e, weight, bias, eps, row_mask, training, logvar_clam
         drawn = torch.empty((N, d_z), device=e.device, dtype=torch.float32)
     eps_arg = eps if eps is not None else (drawn if drawn is not None else z)
     rm, has_rm = _rowmask_arg(row_mask, klp)
-    launch(_vf_fwd_kernel, (triton.cdiv(N, tile.block_m), n_col),
-           e, weight, bias if bias is not None else weight, eps_arg, z, h if h is not None else klp, klp, rm,
+    launch_tile("vf_fwd", _vf_fwd_kernel, lambda m: (triton.cdiv(N, m["BLOCK_N"]), n_col), tile,
+           (tile.block_n, tile.block_k, dtype_name(e.dtype)), e, weight, bias if bias is not None else weight, eps_arg, z, h if h is not None else klp, klp, rm,
            _seed_arg(seed, klp), float(logvar_clamp), N, d_in, d_z, e.stride(0), weight.stride(0),
-           BLOCK_N=tile.block_m, BLOCK_Z=tile.block_n, BLOCK_K=tile.block_k, HAS_BIAS=bias is not None,
+           BLOCK_Z=tile.block_n, BLOCK_K=tile.block_k, HAS_BIAS=bias is not None,
            HAS_EPS=eps is not None, SAMPLE=bool(training), RETURN_EPS=drawn is not None, SAVE_H=save_h,
            HAS_ROWMASK=has_rm, UPCAST=upcast(e.dtype), PRECISION=dot_precision(e.dtype),
-           num_warps=tile.num_warps, num_stages=tile.num_stages)
+           key_values=(d_in, d_z))
     # Column-block partials summed in a fixed order: deterministic.
     kl = klp.view(N) if n_col == 1 else klp.sum(dim=0)
     return z, kl, h, drawn

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from ..reference import cross_modal_attention_ref, poe_fusion_ref, variational_fusion_ref
 from .shapes import AttentionShape
 
-ATTENTION_PROVIDERS = ("eager", "sdpa", "varlen_fa2", "flex", "xformers", "triton")
+# triton_rows: ours on packed rows (no padded row computed or stored), as the fused model calls it.
+ATTENTION_PROVIDERS = ("eager", "sdpa", "varlen_fa2", "flex", "xformers", "triton", "triton_rows")
 # cublas_gemms: only the GEMMs the Gaussian op needs (e W^T forward; dH W and dH^T e backward),
 # through torch.matmul: the floor the fused op is held against (no epilogue, no sampling, no KL).
 FUSION_PROVIDERS = ("eager", "compile", "triton", "cublas_gemms")
@@ -97,6 +98,21 @@ def attention_provider(name: str, inp: AttentionInputs) -> Callable[[], torch.Te
     if name == "triton":
         from ..ops.cross_modal_attention import cross_modal_attention_packed
         return lambda: cross_modal_attention_packed(inp.q, inp.kv, inp.lengths, gates=inp.gates)
+    if name == "triton_rows":
+        from ..ops.cross_modal_attention import cross_modal_attention_packed
+        from ..packing import pack_rows
+        # Packed once, outside the timed region (as for varlen_fa2; the model packs once per step).
+        rows = pack_rows(torch.tensor(inp.lengths_list), L).to(inp.q.device)
+        qp = rows.pack(inp.q.detach()).requires_grad_(inp.q.requires_grad)
+        kvp = inp.kv.detach().flatten(1, 2).index_select(1, rows.index).requires_grad_(True)
+        gp = rows.pack(inp.gates.detach()).requires_grad_(True)
+        layout = rows.stacked(1)
+
+        def packed_rows():
+            return cross_modal_attention_packed(qp, kvp, inp.lengths, gates=gp, rows=layout)
+        packed_rows.packed = True
+        packed_rows.leaves = [qp, kvp, gp]
+        return packed_rows
     if name == "sdpa":
         keep = (torch.arange(L, device=inp.q.device)[None, :] < inp.lengths[:, None])[:, None, None, :]
 

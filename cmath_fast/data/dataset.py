@@ -204,8 +204,10 @@ class Batch:
             return out
         lengths = self.lengths.new_zeros(B)
         lengths[:b] = self.lengths
-        return Batch(pad(self.text), pad(self.audio), pad(self.visual), pad(self.speakers), lengths,
-                     pad(self.labels, -1), self.ids)
+        out = Batch(pad(self.text), pad(self.audio), pad(self.visual), pad(self.speakers), lengths,
+                    pad(self.labels, -1), self.ids)
+        # pinned stays pinned: the copies to the GPU then never block the host
+        return out.pin_memory() if self.lengths.is_pinned() else out
 
 
 def collate(dialogues: Sequence[Dialogue], shape: Optional[Tuple[int, int]] = None) -> Batch:

@@ -1,16 +1,56 @@
 """Batched building blocks of the fused implementation: C modules of the same shape applied to C
 stacked inputs in one launch, reading the modules' own parameters (their gradients flow back to
-each module)."""
+each module).
+
+Tied stacks: the C weights (and biases) that one batched GEMM reads are made consecutive slices
+of one buffer, once (``tied``: each parameter's ``.data`` becomes its slice; the parameter
+objects, their names, the state_dict and the optimiser's references stay as they are). The GEMM
+then reads the buffer in place, where ``torch.stack`` copied every weight on every forward. A
+buffer is checked against its parameters' addresses on every call (a host comparison, nothing on
+the device) and rebuilt if they moved (``model.to(...)`` gives each parameter new storage).
+Under torch.compile the plain stack is traced instead.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._checks import _compiling
 from ..ops._common import autocast_inputs
+
+
+def tied(params: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The (C, *shape) buffer whose slices are these C parameters (equal shapes, dtype and
+    device), made so on first use; None while compiling, or if the parameters differ."""
+    if _compiling() or not params:
+        return None
+    first = params[0]
+    entry = getattr(first, "_cmath_tied", None)
+    if entry is not None:
+        ids, ptrs, base = entry
+        if len(ids) == len(params) and all(id(p) == i and p.data_ptr() == q
+                                           for p, i, q in zip(params, ids, ptrs)):
+            return base
+    if any(p.shape != first.shape or p.dtype != first.dtype or p.device != first.device for p in params):
+        return None
+    if first.is_cuda and torch.cuda.is_current_stream_capturing():
+        return None  # never move parameters into a graph's private memory: stack them this time
+    with torch.no_grad():
+        base = torch.stack([p.detach() for p in params])
+        for i, p in enumerate(params):
+            p.data = base[i]
+    # The buffer is kept alive here, so no later allocation can reuse its addresses: a parameter
+    # whose address still matches is still its slice.
+    first._cmath_tied = (tuple(id(p) for p in params), tuple(p.data_ptr() for p in params), base)
+    return base
+
+
+def _stacked(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(list(params))
 
 
 class BatchedLinearFunction(torch.autograd.Function):
@@ -20,39 +60,82 @@ class BatchedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b):
-        # Under torch.autocast, compute (and save) in the autocast dtype, as nn.Linear does; the
-        # backward then runs in that dtype too and hands each gradient back in its input's dtype.
-        ctx.dtypes = (x.dtype, w.dtype, b.dtype)
-        x, w, b = autocast_inputs(x, w, b)
-        ctx.save_for_backward(x, w)
-        return torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+        return _linear_fwd(ctx, x, w, b)
 
     @staticmethod
     def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
-        dy = dy.to(x.dtype)
-        dx = torch.bmm(dy, w).to(x_dtype) if ctx.needs_input_grad[0] else None
-        dw = torch.bmm(dy.transpose(1, 2), x).to(w_dtype) if ctx.needs_input_grad[1] else None
-        db = dy.sum(1).to(b_dtype) if ctx.needs_input_grad[2] else None
-        return dx, dw, db
+        return _linear_bwd(ctx, dy, *ctx.needs_input_grad[:3])
+
+
+def _linear_fwd(ctx, x, w, b):
+    # Under torch.autocast, compute (and save) in the autocast dtype, as nn.Linear does; the
+    # backward then runs in that dtype too and hands each gradient back in its input's dtype.
+    ctx.dtypes = (x.dtype, w.dtype, b.dtype)
+    x, w, b = autocast_inputs(x, w, b)
+    ctx.save_for_backward(x, w)
+    return torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+
+
+def _linear_bwd(ctx, dy, need_x, need_w, need_b):
+    x, w = ctx.saved_tensors
+    x_dtype, w_dtype, b_dtype = ctx.dtypes
+    dy = dy.to(x.dtype)
+    dx = torch.bmm(dy, w).to(x_dtype) if need_x else None
+    dw = torch.bmm(dy.transpose(1, 2), x).to(w_dtype) if need_w else None
+    db = dy.sum(1).to(b_dtype) if need_b else None
+    return dx, dw, db
+
+
+class TiedLinearFunction(torch.autograd.Function):
+    """``BatchedLinearFunction`` on tied stacks: w (C, d_out, d_in) and b (C, d_out) are buffers
+    whose slices are the parameters given after them (weights, then biases); their gradients are
+    handed back to those parameters slice by slice (views: no copy)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, *params):
+        ctx.n = len(params) // 2
+        ctx.shapes = (params[0].shape, params[ctx.n].shape)
+        return _linear_fwd(ctx, x, w, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        need = ctx.needs_input_grad
+        dx, dw, db = _linear_bwd(ctx, dy, need[0], any(need[3:3 + ctx.n]), any(need[3 + ctx.n:]))
+        # one slice per parameter (kv_projection views two parameters as one GEMM operand)
+        w_shape, b_shape = ctx.shapes
+        dws = list(dw.reshape((ctx.n,) + tuple(w_shape)).unbind(0)) if dw is not None else [None] * ctx.n
+        dbs = list(db.reshape((ctx.n,) + tuple(b_shape)).unbind(0)) if db is not None else [None] * ctx.n
+        return (dx, None, None, *dws, *dbs)
+
+
+def _linear(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torch.Tensor], w_shape=None,
+            b_shape=None) -> torch.Tensor:
+    """x (C, N, d_in) @ the C weights' transposes + biases, reading tied stacks when they can be
+    made (``w_shape``/``b_shape``: how the stacked buffers are viewed by the GEMM)."""
+    w, b = tied(weights), tied(biases)
+    if w is None or b is None:
+        w, b = _stacked(weights), _stacked(biases)
+        if w_shape is not None:
+            w, b = w.view(w_shape), b.view(b_shape)
+        return BatchedLinearFunction.apply(x, w, b)
+    if w_shape is not None:
+        w, b = w.view(w_shape), b.view(b_shape)
+    return TiedLinearFunction.apply(x, w, b, *weights, *biases)
 
 
 def batched_linear(x: torch.Tensor, linears: Sequence[nn.Linear]) -> torch.Tensor:
     """x (C, N, d_in) through C nn.Linear -> (C, N, d_out), one batched GEMM."""
-    w = torch.stack([lin.weight for lin in linears])
-    b = torch.stack([lin.bias for lin in linears])
-    return BatchedLinearFunction.apply(x, w, b)
+    return _linear(x, [lin.weight for lin in linears], [lin.bias for lin in linears])
 
 
 def kv_projection(inp: torch.Tensor, attns: Sequence[nn.Module], S: int) -> torch.Tensor:
     """Every (stream, module) key/value projection in one GEMM: inp (S*C, N, d), stream-major ->
     (S*C, N, 2d) with [k | v] on the last axis, the layout the packed attention op reads."""
-    w = torch.cat([torch.stack([a.w_k[s].weight for s in range(S) for a in attns]),
-                   torch.stack([a.w_v[s].weight for s in range(S) for a in attns])], dim=1)
-    b = torch.cat([torch.stack([a.w_k[s].bias for s in range(S) for a in attns]),
-                   torch.stack([a.w_v[s].bias for s in range(S) for a in attns])], dim=1)
-    return BatchedLinearFunction.apply(inp, w, b)
+    pairs = [(a.w_k[s], a.w_v[s]) for s in range(S) for a in attns]
+    weights = [lin.weight for pair in pairs for lin in pair]  # k and v of each (stream, module)
+    biases = [lin.bias for pair in pairs for lin in pair]
+    d_out, d_in = weights[0].shape
+    return _linear(inp, weights, biases, (len(pairs), 2 * d_out, d_in), (len(pairs), 2 * d_out))
 
 
 def stacked_layer_norm(x: torch.Tensor, norms: Sequence[nn.LayerNorm]) -> torch.Tensor:
@@ -63,9 +146,32 @@ def stacked_layer_norm(x: torch.Tensor, norms: Sequence[nn.LayerNorm]) -> torch.
                          f"({[(n.eps, tuple(n.normalized_shape)) for n in norms]})")
     shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
     y = F.layer_norm(x, x.shape[-1:], eps=eps)
-    w = torch.stack([n.weight for n in norms]).view(shape)
-    b = torch.stack([n.bias for n in norms]).view(shape)
-    return torch.addcmul(b, y, w)
+    weights, biases = [n.weight for n in norms], [n.bias for n in norms]
+    w, b = tied(weights), tied(biases)
+    if w is None or b is None:
+        return torch.addcmul(_stacked(biases).view(shape), y, _stacked(weights).view(shape))
+    return TiedAffineFunction.apply(y, w.view(shape), b.view(shape), *weights, *biases)
+
+
+class TiedAffineFunction(torch.autograd.Function):
+    """y * w + b for C stacked affine parameters read from tied stacks: y (C, ..., d), w and b
+    (C, 1, ..., d) views of buffers whose slices are the parameters given after them."""
+
+    @staticmethod
+    def forward(ctx, y, w, b, *params):
+        ctx.n = len(params) // 2
+        ctx.save_for_backward(y, w)
+        return torch.addcmul(b, y, w)
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, w = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dims = tuple(range(1, dy.dim() - 1))
+        dy_in = dy * w if need[0] else None
+        dws = (dy * y).sum(dims).unbind(0) if any(need[3:3 + ctx.n]) else [None] * ctx.n
+        dbs = dy.sum(dims).unbind(0) if any(need[3 + ctx.n:]) else [None] * ctx.n
+        return (dy_in, None, None, *dws, *dbs)
 
 
 def dropout(x: torch.Tensor, module: nn.Dropout) -> torch.Tensor:

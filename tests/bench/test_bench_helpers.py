@@ -67,7 +67,8 @@ def test_report_table_and_plots(tmp_path):
 TINY = AttentionShape("tiny", (5, 3), d=32, heads=2)
 
 
-@pytest.mark.parametrize("provider", ["eager", "sdpa", pytest.param("triton", marks=interp)])
+@pytest.mark.parametrize("provider", ["eager", "sdpa", pytest.param("triton", marks=interp),
+                                      pytest.param("triton_rows", marks=interp)])
 def test_attention_providers_agree_on_cpu(provider):
     from cmath_fast.bench.providers import attention_inputs, attention_leaves, attention_provider, check_attention
     from cmath_fast.bench.timing import mode_callable

@@ -96,20 +96,28 @@ def attention_cases():
 
 
 def autotune_cases():
-    """The autotune candidates (kernels/autotune.py) of the attention kernels, bf16, packed rows:
-    each kernel's largest tiles at head dim 128 (the most registers and shared memory); every
-    candidate at head dims 64 and 128 with CMATH_FAST_AOT_FULL=1. Names start with "tune-"."""
+    """The autotune candidates (kernels/autotune.py), bf16 (attention: packed rows; the fusion GEMM:
+    d_z and d_in buckets 64): each kernel's largest tiles at head dim 128 (the most registers and
+    shared memory); every candidate at head dims 64 and 128 with CMATH_FAST_AOT_FULL=1. Names
+    start with "tune-"."""
     from cmath_fast.kernels.autotune import CANDIDATES
 
     cases = {}
     for bd in ((64, 128) if FULL else (128,)):
         for name, tiles in CANDIDATES.items():
             if not FULL:
-                most = max(t.block_m * max(t.block_n, 1) for t in tiles)
-                tiles = [t for t in tiles if t.block_m * max(t.block_n, 1) == most]
+                size = lambda t: t.block_m * max(t.block_n, 1) * max(t.block_k, 1)
+                most = max(size(t) for t in tiles)
+                tiles = [t for t in tiles if size(t) == most]
             for t in tiles:
                 tag = f"{t.block_m}x{t.block_n}-d{bd}-w{t.num_warps}s{t.num_stages}"
-                if name == "cma_fwd":
+                if name == "vf_fwd" or name.startswith("row_conv_"):
+                    if bd != 128:  # no head dim: compiled once
+                        continue
+                    from tests.kernels.aot_cases_fusion import row_conv, vf_fwd
+                    case = (vf_fwd("bf16", t.block_m, 64, 64) if name == "vf_fwd"
+                            else row_conv(name[len("row_conv_"):], "bf16", t))
+                elif name == "cma_fwd":
                     case = cma_fwd("bf16", t.block_m, t.block_n, bd, packed=True)
                 elif name == "cma_bwd_preprocess":
                     k, ptr, const = cma_preprocess(True)

@@ -58,12 +58,29 @@ def test_tuned_launch_path_matches_the_table_launch(monkeypatch, tmp_path):
     gates = torch.rand(2, 9, 3, 2, generator=g).to(device).requires_grad_(True)
     lengths = torch.tensor([9, 4], device=device)
 
+    from cmath_fast.ops import variational_fusion
+    from cmath_fast.ops.row_conv import row_conv
+    from cmath_fast.packing import pack_rows
+    x = torch.randn(10, 20, generator=g).to(device).requires_grad_(True)
+    cw = torch.randn(24, 20, 3, generator=g).to(device).requires_grad_(True)
+    cb = torch.randn(24, generator=g).to(device).requires_grad_(True)
+    layout = pack_rows(torch.tensor([6, 4]), 6).to(device)
+    e = torch.randn(7, 32, generator=g).to(device)
+    w = torch.randn(24, 32, generator=g).to(device)
+    eps = torch.randn(7, 12, generator=g).to(device)
+
     def run():
         for t in (q, kv, gates):
             t.grad = None
         out = cross_modal_attention_packed(q, kv, lengths, gates=gates)
         out.backward(torch.ones_like(out))
-        return [out.detach()] + [t.grad.clone() for t in (q, kv, gates)]
+        z, kl = variational_fusion(e, w, None, eps=eps)
+        for t in (x, cw, cb):
+            t.grad = None
+        y = row_conv(x, cw, cb, layout.pos, layout.lens, activation="gelu")
+        y.backward(torch.ones_like(y))
+        return ([out.detach()] + [t.grad.clone() for t in (q, kv, gates)] + [z, kl, y.detach()]
+                + [t.grad.clone() for t in (x, cw, cb)])
 
     plain = run()
     autotune.reset()
@@ -83,9 +100,14 @@ def test_tuned_launch_path_matches_the_table_launch(monkeypatch, tmp_path):
     for a, b in zip(tuned_again, plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert sorted(w["kernel"] for w in winners) == sorted(autotune.PARAMS)
-    assert all(w["row_key"] == (16, 16, "fp32") and w["key"] == (9, 16) for w in winners)
+    attn = [w for w in winners if w["kernel"].startswith("cma_")]
+    assert all(w["row_key"] == (16, 16, "fp32") and w["key"] == (9, 16) for w in attn)
+    assert [w["key"] for w in winners if w["kernel"] == "vf_fwd"] == [(32, 12)]
+    assert all(w["key"] == (20, 24, 3) for w in winners if w["kernel"].startswith("row_conv"))
     lines = out_file.read_text().splitlines()
-    assert len(lines) == 4 and all(line.startswith('("cma_') for line in lines)
+    assert len(lines) == len(autotune.PARAMS) and all(line.startswith('("') for line in lines)
+    assert any("FUSION_BY_FAMILY" in line for line in lines)
+    assert any(line.startswith('("bwd_dw", None, None, "fp32", Tile(') for line in lines)
 
 
 @pytest.fixture(scope="module")
