@@ -20,6 +20,22 @@ import torch.nn.functional as F
 from .config import CMATHConfig
 
 
+class StackedDict(dict):
+    """{name: tensor} whose C values are the slices of one stacked tensor ``stacked`` (C first),
+    in order: what the fused implementation returns, so that its consumers need not stack (copy)
+    them again."""
+
+    def __init__(self, names, stacked: torch.Tensor):
+        super().__init__(zip(names, stacked.unbind(0)))
+        self.stacked = stacked
+
+
+def stack_values(d: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The values of ``d`` stacked on a new first axis: no copy for a ``StackedDict``."""
+    stacked = getattr(d, "stacked", None)
+    return stacked if stacked is not None else torch.stack(list(d.values()))
+
+
 def beta_at(cfg: CMATHConfig, epoch: Optional[int]) -> float:
     """beta warmed up linearly from 0 over ``beta_warmup_epochs`` (full beta when epoch is None)."""
     if epoch is None or cfg.beta_warmup_epochs == 0:
@@ -55,7 +71,7 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
     mask = out.mask
     m = mask.to(torch.float32)
     n = m.sum().clamp_min(1.0)
-    fine_logits = torch.stack(list(out.fine_logits.values()))  # (C, B, L, K)
+    fine_logits = stack_values(out.fine_logits)  # (C, B, L, K)
     # Labels at padded positions may be anything: read them as class 0, then weigh them 0.
     y = torch.where(mask, labels, torch.zeros_like(labels)).long()
     w = class_weights[y] if class_weights is not None else torch.ones_like(y, dtype=torch.float32)
@@ -66,7 +82,7 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
     terms = {"ce": (ce * w).sum() / w_sum, "fine_ce": (fine_ce * w).sum() / w_sum}
     terms["kd_logit"] = (kd * m).sum() / n * (cfg.tau * cfg.tau if cfg.tau_squared else 1.0)
 
-    fine = torch.stack(list(out.fine.values())).float()
+    fine = stack_values(out.fine).float()
     cos = F.cosine_similarity(fine, out.coarse.detach().float()[None], dim=-1)
     terms["kd_feat"] = ((1.0 - cos) * m).sum() / n
     return terms

@@ -25,7 +25,8 @@ def test_buckets():
     assert bucket_shape(3, 17, 8) == (8, 24)
     with pytest.raises(ValueError, match="exceeds the batch size"):
         bucket_shape(9, 4, 8)
-    from cmath_fast.bench.padding import _cost
+    from cmath_fast.bench.padding import _cost, graph_count
+    assert graph_count([10, 10, 2, 2], [[0, 1], [2, 3], [0, 1]], 2) == 2
     assert _cost([10, 10, 2, 2], [[0, 1], [2, 3]], 2) == (24, 1.0, pytest.approx((2 * 16 + 2 * 8) / 24),
                                                          pytest.approx((32 + 16) / 24))
 

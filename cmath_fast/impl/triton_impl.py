@@ -23,6 +23,7 @@ import torch
 
 from .._checks import _compiling
 from ..config import MODALITIES
+from ..losses import StackedDict, stack_values
 from ..ops import cross_modal_attention_packed, poe_fusion, variational_fusion
 from ..ops.loss import classification_rows
 from ..ops.row_conv import dialogue_rows, row_conv
@@ -44,6 +45,14 @@ def _positions(L: int, d: int, device, dtype) -> torch.Tensor:
     if _compiling():
         return sinusoidal_positions(L, d, device=device, dtype=dtype)
     return _cached_positions(L, d, device, dtype)
+
+
+def _stacked_dict(names, stacked: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """{name: slice} that also carries the stacked tensor (no re-stacking downstream); a plain
+    dict while compiling (what torch.compile traces best)."""
+    if _compiling():
+        return dict(zip(names, stacked.unbind(0)))
+    return StackedDict(names, stacked)
 
 
 def _hyper_parameters(layer: CMALayer) -> tuple:
@@ -117,7 +126,7 @@ class TritonImplementation(TorchImplementation):
             pos = _positions(rows.max_len, model.cfg.d_model, mask.device, dtype).index_select(0, rows.pos)
         base = pos + spk
         h = dropout(torch.stack([codes[m] for m in names]) + base, model.embed_dropout)
-        return dict(zip(names, h.unbind(0)))
+        return _stacked_dict(names, h)
 
     def reconstruct(self, encoder, x, mask, rows=None):
         """The reference U-Net's math on rows (B*L, channels): same Conv1d parameters, read in place."""
@@ -140,12 +149,13 @@ class TritonImplementation(TorchImplementation):
         x = torch.stack([hidden[m] for m in names])
         out = cma_layer_stacked([layers[m] for m in names], x, [], lengths.repeat(len(names)),
                                 rows.stacked(len(names)) if rows is not None else None)
-        return dict(zip(names, out.unbind(0)))
+        return _stacked_dict(names, out)
 
     def cma(self, model, hidden, lengths, rows=None):
         centrals = model.cfg.centrals
         C = len(centrals)
-        x = torch.stack([hidden[c] for c in centrals])  # (C, B, L, d)
+        # (C, B, L, d): the embeddings' own stack when the centrals are its modalities in order
+        x = stack_values(hidden) if list(hidden) == list(centrals) else torch.stack([hidden[c] for c in centrals])
         S = len(stream_order(centrals[0]))
         aux = [torch.stack([hidden[stream_order(c)[s]] for c in centrals]) for s in range(1, S)]
         lens = lengths.repeat(C)
@@ -154,7 +164,7 @@ class TritonImplementation(TorchImplementation):
         for li in range(len(stacks[0].layers)):
             x = cma_layer_stacked([t.layers[li] for t in stacks], x, aux, lens, stacked)
         out = stacked_layer_norm(x, [t.norm for t in stacks])
-        return dict(zip(centrals, out.unbind(0)))
+        return _stacked_dict(centrals, out)
 
     def fuse(self, model, fine, mask, eps):
         return model.fusion(fine, mask, eps, gaussian=variational_fusion, poe=poe_fusion)
@@ -169,7 +179,7 @@ class TritonImplementation(TorchImplementation):
         B, L, d = coarse.shape
         m = mask[..., None].to(coarse.dtype)
         heads = [model.fine_heads[c] for c in fine]
-        h = torch.stack(list(fine.values())).view(C, B * L, d)
+        h = stack_values(fine).view(C, B * L, d)
         h = dropout(heads[0].act(h), heads[0].dropout)
         stacked = batched_linear(h, [hd.proj for hd in heads]).view(C, B, L, -1) * m
-        return model.coarse_head(coarse) * m, dict(zip(fine, stacked.unbind(0)))
+        return model.coarse_head(coarse) * m, _stacked_dict(list(fine), stacked)
