@@ -212,6 +212,9 @@ class CMATH(nn.Module):
             elif (rows.batch, rows.max_len) != (B, L):
                 raise ValueError(f"rows: a layout of (B, L) = {(rows.batch, rows.max_len)}, but the batch is "
                                  f"{(B, L)}; build it with pack_rows(lengths, {L})")
+            elif rows.index.device != text.device:
+                raise ValueError(f"rows: on {rows.index.device}, the features on {text.device}; "
+                                 f"move the layout with rows.to({str(text.device)!r})")
             feats = {m: rows.pack(x)[None] for m, x in feats.items()}
             speakers = rows.pack(speakers)[None]
             if eps is not None:

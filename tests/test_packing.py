@@ -216,3 +216,16 @@ def test_graphed_trainer_buckets_packed_rows():
     assert_close(total_a, total_b, atol=1e-5, name="loss")
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert_close(p, q, atol=1e-5, name=n)
+
+
+@needs_kernels
+def test_a_layout_for_another_batch_is_refused():
+    cfg = CMATHConfig.tiny()
+    _, packed, _ = _models(cfg)
+    batch = make_batch(cfg, [4, 2], max_len=5)
+    with pytest.raises(ValueError, match=r"rows: a layout of \(B, L\) = \(2, 6\)"):
+        packed(*batch[:5], rows=pack_rows(batch[4], 6))
+    wrong = pack_rows(batch[4], 5)
+    wrong = type(wrong)(*(t.to("meta") for t in wrong.tensors()), batch=2, max_len=5, n_rows=wrong.n_rows)
+    with pytest.raises(ValueError, match="rows: on meta"):
+        packed(*batch[:5], rows=wrong)
