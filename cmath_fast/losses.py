@@ -73,9 +73,8 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
     n = m.sum().clamp_min(1.0)
     fine_logits = stack_values(out.fine_logits)  # (C, B, L, K)
     # Labels at padded positions may be anything: read them as class 0, then weigh them 0.
-    y = torch.where(mask, labels, torch.zeros_like(labels)).long()
-    w = class_weights[y] if class_weights is not None else torch.ones_like(y, dtype=torch.float32)
-    w = w * m
+    y = torch.where(mask, labels, 0).long()
+    w = class_weights[y] * m if class_weights is not None else m
     w_sum = w.sum().clamp_min(1e-12)
     ce, fine_ce, kd = rows(out.logits, fine_logits, y, cfg.tau, cfg.detach_teacher)
     # weighted means (as F.cross_entropy(weight=...)); the C fine heads' means summed
