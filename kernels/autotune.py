@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Set, Tuple
 
 import triton
 
@@ -96,7 +96,7 @@ CANDIDATES: Dict[str, List[Tile]] = {
 }
 
 _TUNERS: Dict[str, object] = {}
-_SEEN: Dict[Tuple, Optional[dict]] = {}
+_SEEN: Set[Tuple] = set()  # (kernel, key) pairs already reported
 _WINNERS: List[dict] = []
 
 
@@ -185,7 +185,7 @@ def launch_tile(name: str, kernel, grid: Callable[[dict], tuple], tile: Tile, ro
     seen = (name, tuple(key_values))
     out = launch(tuner, grid, *args, **kwargs)
     if seen not in _SEEN:
-        _SEEN[seen] = None
+        _SEEN.add(seen)
         _report(name, row_key, tuple(key_values), tuner, tile)
     return out
 

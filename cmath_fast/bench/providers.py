@@ -95,11 +95,11 @@ def attention_provider(name: str, inp: AttentionInputs) -> Callable[[], torch.Te
     if name == "eager":
         return lambda: cross_modal_attention_ref(inp.q, inp.ks(), inp.vs(), inp.lengths,
                                                  [inp.lengths] * S, gates=inp.gates)
-    if name == "triton":
+    if name in ("triton", "triton_rows"):
         from ..ops.cross_modal_attention import cross_modal_attention_packed
+    if name == "triton":
         return lambda: cross_modal_attention_packed(inp.q, inp.kv, inp.lengths, gates=inp.gates)
     if name == "triton_rows":
-        from ..ops.cross_modal_attention import cross_modal_attention_packed
         from ..packing import pack_rows
         # Packed once, outside the timed region (as for varlen_fa2; the model packs once per step).
         rows = pack_rows(torch.tensor(inp.lengths_list), L).to(inp.q.device)

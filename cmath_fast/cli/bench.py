@@ -96,7 +96,8 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("bench", help="run pytest bench/, count device ops, or report results")
     s.add_argument("action", nargs="*", help="'report CSV...' to turn result CSVs into plots and a table; "
                                               "'padding': rows computed per valid utterance, eager vs the "
-                                              "CUDA-graph buckets")
+                                              "CUDA-graph buckets, padded vs packed rows, and the graphs "
+                                              "an epoch captures")
     s.add_argument("--count-ops", action="store_true",
                    help="count device operations of one training step, reference vs fused")
     s.add_argument("--preset", default="tiny", choices=["tiny", "iemocap", "meld"])

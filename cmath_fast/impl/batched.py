@@ -49,10 +49,6 @@ def tied(params: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
     return base
 
 
-def _stacked(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(list(params))
-
-
 class BatchedLinearFunction(torch.autograd.Function):
     """y = x W^T + b for C linears at once: x (C, N, d_in), W (C, d_out, d_in), b (C, d_out).
     Its backward produces dW in W's own layout (dy^T x), so the gradients that flow back to the
@@ -114,7 +110,7 @@ def _linear(x: torch.Tensor, weights: List[torch.Tensor], biases: List[torch.Ten
     made (``w_shape``/``b_shape``: how the stacked buffers are viewed by the GEMM)."""
     w, b = tied(weights), tied(biases)
     if w is None or b is None:
-        w, b = _stacked(weights), _stacked(biases)
+        w, b = torch.stack(weights), torch.stack(biases)
         if w_shape is not None:
             w, b = w.view(w_shape), b.view(b_shape)
         return BatchedLinearFunction.apply(x, w, b)
@@ -149,7 +145,7 @@ def stacked_layer_norm(x: torch.Tensor, norms: Sequence[nn.LayerNorm]) -> torch.
     weights, biases = [n.weight for n in norms], [n.bias for n in norms]
     w, b = tied(weights), tied(biases)
     if w is None or b is None:
-        return torch.addcmul(_stacked(biases).view(shape), y, _stacked(weights).view(shape))
+        return torch.addcmul(torch.stack(biases).view(shape), y, torch.stack(weights).view(shape))
     return TiedAffineFunction.apply(y, w.view(shape), b.view(shape), *weights, *biases)
 
 
