@@ -53,8 +53,7 @@ def classification_rows_ref(logits: torch.Tensor, fine_logits: torch.Tensor, y: 
                             detach_teacher: bool):
     """Per-utterance classification terms, unweighted: (ce, fine_ce summed over the heads,
     kd_logit summed over the heads), each shaped like y. logits (B, L, K); fine_logits (C, B, L,
-    K); y (B, L) in [0, K). The fused implementation computes the same in one kernel
-    (``cmath_fast.ops.loss.classification_rows``)."""
+    K); y (B, L) in [0, K)."""
     ce = _nll(logits, y)
     fine_ce = _nll(fine_logits, y).sum(0)
     teacher = logits.detach() if detach_teacher else logits
@@ -65,9 +64,8 @@ def classification_rows_ref(logits: torch.Tensor, fine_logits: torch.Tensor, y: 
 
 
 def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
-                         class_weights: Optional[torch.Tensor], rows=classification_rows_ref) -> Dict[str, torch.Tensor]:
-    """ce, fine_ce (summed over the centrals), kd_logit and kd_feat of a forward output. ``rows``
-    computes the per-utterance terms (the reference's torch code, or the fused op)."""
+                         class_weights: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """ce, fine_ce (summed over the centrals), kd_logit and kd_feat of a forward output."""
     mask = out.mask
     m = mask.to(torch.float32)
     n = m.sum().clamp_min(1.0)
@@ -76,7 +74,7 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
     y = torch.where(mask, labels, 0).long()
     w = class_weights[y] * m if class_weights is not None else m
     w_sum = w.sum().clamp_min(1e-12)
-    ce, fine_ce, kd = rows(out.logits, fine_logits, y, cfg.tau, cfg.detach_teacher)
+    ce, fine_ce, kd = classification_rows_ref(out.logits, fine_logits, y, cfg.tau, cfg.detach_teacher)
     # weighted means (as F.cross_entropy(weight=...)); the C fine heads' means summed
     terms = {"ce": (ce * w).sum() / w_sum, "fine_ce": (fine_ce * w).sum() / w_sum}
     terms["kd_logit"] = (kd * m).sum() / n * (cfg.tau * cfg.tau if cfg.tau_squared else 1.0)
@@ -88,12 +86,12 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
 
 
 def cmath_loss(cfg: CMATHConfig, out, labels: torch.Tensor, class_weights: Optional[torch.Tensor],
-               epoch: Optional[int] = None, beta: Optional[torch.Tensor] = None,
-               rows=classification_rows_ref):
+               epoch: Optional[int] = None, beta: Optional[torch.Tensor] = None):
     """(total loss, dict of every term detached, with ``beta`` and ``total``). ``beta``: the KL
     weight as a device tensor (graph-safe: no host value baked into a captured step), else
-    ``beta_at(cfg, epoch)``. ``rows``: see ``classification_terms``."""
-    terms = classification_terms(cfg, out, labels, class_weights, rows)
+    ``beta_at(cfg, epoch)``. The fused implementation computes the same in one op
+    (``cmath_fast.ops.loss.cmath_loss_fused``)."""
+    terms = classification_terms(cfg, out, labels, class_weights)
     terms["rec"] = out.rec_loss.float()
     terms["kl"] = out.kl_loss.float()
     kl_weight = beta_at(cfg, epoch) if beta is None else beta  # a float, or the device tensor

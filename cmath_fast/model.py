@@ -22,7 +22,7 @@ from ._checks import _compiling, check_index_range, check_lengths, check_tensor
 from .backend import resolve_backend
 from .config import MODALITIES, MODALITY_NAMES, CMATHConfig
 from .impl import get_implementation
-from .losses import beta_at, cmath_loss
+from .losses import beta_at
 from .packing import PackedRows, pack_rows
 from .profiling import nvtx_range
 from .reference.layers import (CMALayer, CMATransformer, FineHead, ModalityProjection,
@@ -42,7 +42,8 @@ class CMATHOutput:
 
     logits (B, L, C): the coarse head, the model's prediction; fine_logits[c] (B, L, C) per
     central; fine[c] (B, L, d) the fine-grained F_c; coarse (B, L, d) the fused H_f;
-    mask (B, L) valid utterances; rec_loss and kl_loss scalars; kl (B, L) per utterance.
+    mask (B, L) valid utterances; rec_loss a scalar; kl (B, L) per utterance and kl_loss its
+    mean over the valid utterances (computed when first read: the fused loss reads kl itself).
     """
 
     logits: torch.Tensor
@@ -53,8 +54,11 @@ class CMATHOutput:
     lengths: torch.Tensor
     rec_loss: torch.Tensor
     kl: torch.Tensor
-    kl_loss: torch.Tensor
     extras: dict = field(default_factory=dict)
+
+    @cached_property
+    def kl_loss(self) -> torch.Tensor:
+        return masked_mean(self.kl, self.mask)
 
     def predictions(self) -> torch.Tensor:
         return self.logits.argmax(dim=-1)
@@ -70,7 +74,11 @@ class PackedCMATHOutput(CMATHOutput):
     def __init__(self, packed: CMATHOutput, rows: PackedRows, mask: torch.Tensor, lengths: torch.Tensor):
         self.packed, self.rows = packed, rows
         self.mask, self.lengths = mask, lengths
-        self.rec_loss, self.kl_loss, self.extras = packed.rec_loss, packed.kl_loss, packed.extras
+        self.rec_loss, self.extras = packed.rec_loss, packed.extras
+
+    @cached_property
+    def kl_loss(self) -> torch.Tensor:
+        return self.packed.kl_loss
 
     @cached_property
     def _classes(self):
@@ -139,7 +147,8 @@ class CMATH(nn.Module):
             self.class_weights = None
 
     # ------------------------------------------------------------------ inputs
-    def check_inputs(self, text, audio, visual, speakers, lengths) -> None:
+    def check_inputs(self, text, audio, visual, speakers, lengths) -> torch.Tensor:
+        """Every input checked (a clear error naming it); returns the (B, L) mask of valid positions."""
         cfg = self.cfg
         feats = {"t": text, "a": audio, "v": visual}
         dims = cfg.feature_dims()
@@ -172,7 +181,9 @@ class CMATH(nn.Module):
         check_tensor("speakers", speakers, ndim=2, integer=True)
         if tuple(speakers.shape) != (B, L):
             raise ValueError(f"speakers: expected shape {(B, L)}, got {tuple(speakers.shape)}")
-        check_index_range("speakers", speakers, padding_mask(lengths, L), cfg.num_speakers)
+        mask = padding_mask(lengths, L)
+        check_index_range("speakers", speakers, mask, cfg.num_speakers)
+        return mask
 
     def set_feature_stats(self, stats: Dict[str, tuple]) -> None:
         """Store per-feature (mean, std) of the training split for the input standardisation."""
@@ -201,9 +212,8 @@ class CMATH(nn.Module):
         to use instead of a fresh draw (for exact comparisons). ``rows``: the packed layout of
         these lengths (``cmath_fast.packing.pack_rows``; built here when not given) for an
         implementation that packs; others ignore it."""
-        self.check_inputs(text, audio, visual, speakers, lengths)
+        mask = self.check_inputs(text, audio, visual, speakers, lengths)
         B, L, _ = text.shape
-        mask = padding_mask(lengths, L)
         feats = {"t": text, "a": audio, "v": visual}
         packed = self.packs(rows)
         if packed:
@@ -215,7 +225,7 @@ class CMATH(nn.Module):
             elif rows.index.device != text.device:
                 raise ValueError(f"rows: on {rows.index.device}, the features on {text.device}; "
                                  f"move the layout with rows.to({str(text.device)!r})")
-            feats = {m: rows.pack(x)[None] for m, x in feats.items()}
+            # the features stay padded: the implementation packs them as it reads them
             speakers = rows.pack(speakers)[None]
             if eps is not None:
                 eps = rows.pack(eps)[None]
@@ -229,10 +239,9 @@ class CMATH(nn.Module):
         with nvtx_range("fusion"):
             coarse, kl = impl.fuse(self, [fine[c] for c in self.cfg.centrals], mask, eps)
         with nvtx_range("heads"):
-            logits, fine_logits = impl.heads(self, coarse, fine, mask)
+            logits, fine_logits = impl.heads(self, coarse, fine, mask, rows)
         out = CMATHOutput(logits=logits, fine_logits=fine_logits, fine=fine, coarse=coarse,
-                          mask=mask, lengths=lengths, rec_loss=rec, kl=kl,
-                          kl_loss=masked_mean(kl, mask))
+                          mask=mask, lengths=lengths, rec_loss=rec, kl=kl)
         return PackedCMATHOutput(out, rows, outer_mask, lengths) if packed else out
 
     # ------------------------------------------------------------------ loss
@@ -253,8 +262,7 @@ class CMATH(nn.Module):
             labels = out.rows.pack(labels)[None]
             out = out.packed
         with nvtx_range("loss"):
-            return cmath_loss(self.cfg, out, labels, self.class_weights, epoch, beta=beta,
-                              rows=self.impl.loss_rows)
+            return self.impl.loss(self.cfg, out, labels, self.class_weights, epoch, beta)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

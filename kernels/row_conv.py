@@ -1,5 +1,6 @@
 """Convolution over the utterance axis on the row-major layout (Triton): the U-Net's k-tap Conv1d
-without the channel-first transposes around it, with bias, activation and the padding mask fused.
+without the channel-first transposes around it, with bias, activation and the padding mask fused,
+for up to three groups (the three modalities' U-Nets) in one launch.
 
 Rows are utterances: x (N, C_in) with one row per utterance, in any order of dialogues (the padded
 B x L layout flattened, or packed rows). Row r belongs to a dialogue of length LEN[r] at position
@@ -10,14 +11,21 @@ POS[r] in it; a row with POS[r] >= LEN[r] is padding. For a valid row r and tap 
 
 which is ``Conv1d(C_in, C_out, K, padding=PAD)`` over each dialogue zero-padded at both ends: a
 shifted row never crosses into the next dialogue, and padding rows are never read (their gradient
-is zero). W is the Conv1d weight (C_out, C_in, K) itself, read through its strides: same
-parameters, same state_dict.
+is zero). W is the Conv1d weight (C_out, C_in, K) itself: same parameters, same state_dict.
+
+Groups: G <= 3 convolutions over the same rows with their own weights, input and output widths,
+in one launch (the grid's last axis; a group with fewer channel tiles than the widest writes
+zeros in the rest). The inputs are one (G, N, C_X) tensor (group g reads its first CI_g
+channels); an optional second input XB (G, N, C_B) continues each group's channels, as the
+concatenation [x_g | xb_g] would, without the copy (the U-Net's skip connection). Outputs are one
+(G, N, C_Y) tensor, zero past each group's CO_g channels.
 
 Kernels (each an implicit GEMM: the taps are K shifted loads of the same rows, no im2col buffer):
-    fwd     y (and pre, saved for backward when act is GELU) — tiles of (rows, C_out)
+    fwd     y (and pre, saved for backward when act is GELU) — tiles of (rows, C_out); optionally
+            the reconstruction loss's partial sums of (y - ref)^2 / CO_g per tile (``REC``)
     bwd_dx  dx[r] = sum_j g[r - t] W[:, :, j], g = dy * act'(pre) on valid rows — tiles of (rows, C_in)
     bwd_dw  dW[:, :, j] = sum_r g[r]^T x[r + t] and db = sum_r g[r] — one program per (C_out tile,
-            C_in tile, tap) looping over all rows in a fixed order: deterministic, no atomics.
+            C_in tile, group and tap) looping over all rows in a fixed order: deterministic, no atomics.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, upcast
+from ._common import dot_precision, launch, upcast
 from .autotune import launch_tile
 from .configs import ANY, dtype_name, row_conv_tile
 
@@ -69,173 +77,294 @@ def _output_tile(POS, LEN, N, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, B
     return offs_m, offs_n, tl.arange(0, BLOCK_K), pos, ln, row_ok, offs_n < C
 
 
-# N and the row strides change from call to call: not specialised (no new variant per batch).
-@triton.jit(do_not_specialize=["N", "stride_xn"])
-def _row_conv_fwd_kernel(
-    X, W, BIAS, Y, PRE, POS, LEN,
-    N, C_in, C_out, stride_xn, stride_wo, stride_wi, stride_wk,
-    K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_PRE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """X (N, C_in) rows with unit channel stride; W (C_out, C_in, K) any strides; BIAS (C_out,);
-    Y, PRE (N, C_out) contiguous; POS, LEN (N,) int32. One (BLOCK_M rows, BLOCK_N channels) tile."""
-    offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_out, BLOCK_M, BLOCK_N, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for j in tl.static_range(K):
-        src_ok = row_ok & (pos + (j - PAD) >= 0) & (pos + (j - PAD) < ln)
-        src = offs_m + (j - PAD)
-        for c0 in range(0, C_in, BLOCK_K):
-            kk = c0 + offs_k
-            k_ok = kk < C_in
-            x = tl.load(X + src[:, None] * stride_xn + kk[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(W + offs_n[None, :] * stride_wo + kk[:, None] * stride_wi + j * stride_wk,
-                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            if UPCAST:
-                x = x.to(tl.float32)
-                w = w.to(tl.float32)
-            acc += tl.dot(x, w, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(BIAS + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    out = offs_m[:, None] * C_out + offs_n[None, :]
-    out_mask = (offs_m < N)[:, None] & col_ok[None, :]
-    if SAVE_PRE:
-        tl.store(PRE + out, acc.to(PRE.dtype.element_ty), mask=out_mask)
-    y = tl.where(row_ok[:, None], _act(acc, ACT), 0.0)
-    tl.store(Y + out, y.to(Y.dtype.element_ty), mask=out_mask)
+@triton.jit
+def _pick(g, a0, a1, a2, G: tl.constexpr):
+    """Group g's value of a per-group argument (G <= 3 groups)."""
+    a = a0
+    if G > 1:
+        if g == 1:
+            a = a1
+    if G > 2:
+        if g == 2:
+            a = a2
+    return a
 
 
-@triton.jit(do_not_specialize=["N", "stride_dyn"])
-def _row_conv_bwd_dx_kernel(
-    DY, PRE, W, DX, POS, LEN,
-    N, C_in, C_out, stride_dyn, stride_wo, stride_wi, stride_wk,
-    K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """DY (N, C_out) rows with unit channel stride; PRE (N, C_out) contiguous (ACT only); DX (N, C_in)
-    contiguous. One (BLOCK_M rows, BLOCK_N input channels) tile, reducing over C_out and the taps."""
-    offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_in, BLOCK_M, BLOCK_N, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for j in tl.static_range(K):
-        # row r receives from the output row r - t through tap j when that row is in its dialogue
-        dst_ok = row_ok & (pos - (j - PAD) >= 0) & (pos - (j - PAD) < ln)
-        dst = offs_m - (j - PAD)
-        for c0 in range(0, C_out, BLOCK_K):
-            kk = c0 + offs_k
-            k_ok = kk < C_out
-            m2 = dst_ok[:, None] & k_ok[None, :]
-            g = tl.load(DY + dst[:, None] * stride_dyn + kk[None, :], mask=m2, other=0.0).to(tl.float32)
-            if ACT != 0:
-                pre = tl.load(PRE + dst[:, None] * C_out + kk[None, :], mask=m2, other=0.0).to(tl.float32)
-                g = _grad_pre(g, pre, ACT)
-            w = tl.load(W + kk[:, None] * stride_wo + offs_n[None, :] * stride_wi + j * stride_wk,
-                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            if UPCAST:
-                w = w.to(tl.float32)
-            acc += tl.dot(g.to(w.dtype), w, input_precision=PRECISION)
-    acc = tl.where(row_ok[:, None], acc, 0.0)
-    tl.store(DX + offs_m[:, None] * C_in + offs_n[None, :], acc.to(DX.dtype.element_ty),
-             mask=(offs_m < N)[:, None] & col_ok[None, :])
+@triton.jit
+def _load_grad(DY, PRE, g, N, C_Y, rows, cols, ok, ACT: tl.constexpr):
+    """g = dy * act'(pre) for a (rows, output channels) tile of group g, fp32, zero outside ``ok``."""
+    at = g * N * C_Y + rows[:, None] * C_Y + cols[None, :]
+    gr = tl.load(DY + at, mask=ok, other=0.0).to(tl.float32)
+    if ACT != 0:
+        gr = _grad_pre(gr, tl.load(PRE + at, mask=ok, other=0.0).to(tl.float32), ACT)
+    return gr
 
 
-@triton.jit(do_not_specialize=["N", "stride_xn", "stride_dyn"])
-def _row_conv_bwd_dw_kernel(
-    X, DY, PRE, DW, DB, POS, LEN,
-    N, C_in, C_out, stride_xn, stride_dyn,
-    K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """DW (C_out, C_in, K) fp32 contiguous; DB (C_out,) fp32. One (BLOCK_N output channels,
-    BLOCK_K input channels) tile of one tap, summed over every row in BLOCK_M chunks."""
-    pid_o = tl.program_id(0)
-    pid_i = tl.program_id(1)
-    j = tl.program_id(2)
-    t = j - PAD
-    offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_i = pid_i * BLOCK_K + tl.arange(0, BLOCK_K)
-    o_ok = offs_o < C_out
-    i_ok = offs_i < C_in
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for r0 in range(0, N, BLOCK_M):
-        offs_r = r0 + tl.arange(0, BLOCK_M)
-        pos, ln, row_ok = _rows(POS, LEN, offs_r, N)
-        m2 = row_ok[:, None] & o_ok[None, :]
-        g = tl.load(DY + offs_r[:, None] * stride_dyn + offs_o[None, :], mask=m2, other=0.0).to(tl.float32)
-        if ACT != 0:
-            pre = tl.load(PRE + offs_r[:, None] * C_out + offs_o[None, :], mask=m2, other=0.0).to(tl.float32)
-            g = _grad_pre(g, pre, ACT)
-        if HAS_BIAS:
-            db += tl.sum(g, 0)
-        src_ok = row_ok & (pos + t >= 0) & (pos + t < ln)
-        x = tl.load(X + (offs_r + t)[:, None] * stride_xn + offs_i[None, :],
-                    mask=src_ok[:, None] & i_ok[None, :], other=0.0)
+@triton.jit
+def _acc_taps(acc, X, src, src_ok, offs_k, offs_n, col_ok, W, w_first, C, C_w, j,
+              K: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += the rows X[src] (C channels, unit channel stride; X already offset to the group and
+    scaled by the row stride in ``src``) times tap j of W's input channels [w_first, w_first + C)."""
+    for c0 in range(0, C, BLOCK_K):
+        kk = c0 + offs_k
+        k_ok = kk < C
+        x = tl.load(X + src[:, None] + kk[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + offs_n[None, :] * (C_w * K) + (w_first + kk)[:, None] * K + j,
+                    mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
-        acc += tl.dot(tl.trans(g.to(x.dtype)), x, input_precision=PRECISION)
-    tl.store(DW + offs_o[:, None] * (C_in * K) + offs_i[None, :] * K + j, acc,
-             mask=o_ok[:, None] & i_ok[None, :])
-    if HAS_BIAS:
-        if (pid_i == 0) & (j == 0):
-            tl.store(DB + offs_o, db, mask=o_ok)
+            w = w.to(tl.float32)
+        acc += tl.dot(x, w, input_precision=PRECISION)
+    return acc
 
 
-def _check(x, weight, pos, lens):
-    N, C_in = x.shape
-    if weight.dim() != 3 or weight.shape[1] != C_in:
-        raise ValueError(f"weight: expected (C_out, {C_in}, K), got {tuple(weight.shape)}")
-    if x.stride(1) != 1:
-        raise ValueError("x: the channel dim must be contiguous")
+# N, the row strides and the per-group widths change from call to call: not specialised (no new
+# variant per batch, and every group's value keeps one type).
+_FWD_DNS = ["N", "stride_xg", "stride_xn", "stride_bg", "stride_bn", "CI0", "CI1", "CI2", "CO0", "CO1", "CO2",
+            "C_B", "C_Y", "C_R", "n_m", "n_n"]
+
+
+@triton.jit(do_not_specialize=_FWD_DNS)
+def _row_conv_fwd_kernel(
+    X, XB, W0, W1, W2, B0, B1, B2, Y, PRE, REF, PART, POS, LEN,
+    N, stride_xg, stride_xn, stride_bg, stride_bn, CI0, CI1, CI2, CO0, CO1, CO2, C_B, C_Y, C_R, n_m, n_n,
+    K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_XB: tl.constexpr,
+    SAVE_PRE: tl.constexpr, REC: tl.constexpr, G: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """X (G, N, >= CI_g) and XB (G, N, C_B) with unit channel strides; W_g (CO_g, CI_g + C_B, K) and
+    B_g (CO_g,) contiguous; Y, PRE (G, N, C_Y) contiguous; POS, LEN (N,) int32. REC: REF (G, N, C_R)
+    contiguous, PART (G, n_m, n_n) fp32 <- sum over the tile's valid rows of (y - ref)^2 / CO_g.
+    One (BLOCK_M rows, BLOCK_N channels) tile of group program_id(2)."""
+    g = tl.program_id(2)
+    W = _pick(g, W0, W1, W2, G)
+    BIAS = _pick(g, B0, B1, B2, G)
+    C_in = _pick(g, CI0, CI1, CI2, G)
+    C_out = _pick(g, CO0, CO1, CO2, G)
+    C_w = C_in + C_B
+    offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_out, BLOCK_M, BLOCK_N, BLOCK_K)
+    out = g * N * C_Y + offs_m[:, None] * C_Y + offs_n[None, :]
+    out_mask = (offs_m < N)[:, None] & (offs_n < C_Y)[None, :]
+    part = (g * n_m + tl.program_id(0)) * n_n + tl.program_id(1)
+    if tl.program_id(1) * BLOCK_N < C_out:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for j in tl.static_range(K):
+            src_ok = row_ok & (pos + (j - PAD) >= 0) & (pos + (j - PAD) < ln)
+            src = offs_m + (j - PAD)
+            acc = _acc_taps(acc, X + g * stride_xg, src * stride_xn, src_ok, offs_k, offs_n, col_ok, W, 0, C_in,
+                            C_w, j, K, BLOCK_K, UPCAST, PRECISION)
+            if HAS_XB:
+                acc = _acc_taps(acc, XB + g * stride_bg, src * stride_bn, src_ok, offs_k, offs_n, col_ok, W, C_in,
+                                C_B, C_w, j, K, BLOCK_K, UPCAST, PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(BIAS + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if SAVE_PRE:
+            tl.store(PRE + out, acc.to(PRE.dtype.element_ty), mask=out_mask)
+        y = tl.where(row_ok[:, None] & col_ok[None, :], _act(acc, ACT), 0.0).to(Y.dtype.element_ty)
+        tl.store(Y + out, y, mask=out_mask)
+        if REC:
+            ok = row_ok[:, None] & col_ok[None, :]
+            ref = tl.load(REF + g * N * C_R + offs_m[:, None] * C_R + offs_n[None, :], mask=ok, other=0.0)
+            d = tl.where(ok, y.to(tl.float32) - ref.to(tl.float32), 0.0)
+            tl.store(PART + part, tl.sum(tl.sum(d * d, 1), 0) / C_out)
+    else:  # past this group's channels: zeros (and a zero partial sum)
+        tl.store(Y + out, tl.zeros((BLOCK_M, BLOCK_N), dtype=Y.dtype.element_ty), mask=out_mask)
+        if SAVE_PRE:
+            tl.store(PRE + out, tl.zeros((BLOCK_M, BLOCK_N), dtype=PRE.dtype.element_ty), mask=out_mask)
+        if REC:
+            tl.store(PART + part, 0.0)
+
+
+@triton.jit(do_not_specialize=["N", "CI0", "CI1", "CI2", "CO0", "CO1", "CO2", "C_B", "C_Y", "C_X"])
+def _row_conv_bwd_dx_kernel(
+    DY, PRE, W0, W1, W2, DX, DXB, POS, LEN,
+    N, CI0, CI1, CI2, CO0, CO1, CO2, C_B, C_Y, C_X,
+    K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_XB: tl.constexpr, G: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """DY, PRE (G, N, C_Y) contiguous (PRE: ACT only); DX (G, N, C_X), DXB (G, N, C_B) contiguous.
+    One (BLOCK_M rows, BLOCK_N input channels of [x_g | xb_g]) tile of group program_id(2),
+    reducing over CO_g and the taps; zeros past the group's channels."""
+    g = tl.program_id(2)
+    W = _pick(g, W0, W1, W2, G)
+    C_in = _pick(g, CI0, CI1, CI2, G)
+    C_out = _pick(g, CO0, CO1, CO2, G)
+    C_w = C_in + C_B
+    offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_w, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if tl.program_id(1) * BLOCK_N < C_w:
+        for j in tl.static_range(K):
+            # row r receives from the output row r - t through tap j when that row is in its dialogue
+            dst_ok = row_ok & (pos - (j - PAD) >= 0) & (pos - (j - PAD) < ln)
+            dst = offs_m - (j - PAD)
+            for c0 in range(0, C_out, BLOCK_K):
+                kk = c0 + offs_k
+                k_ok = kk < C_out
+                gr = _load_grad(DY, PRE, g, N, C_Y, dst, kk, dst_ok[:, None] & k_ok[None, :], ACT)
+                w = tl.load(W + kk[:, None] * (C_w * K) + offs_n[None, :] * K + j,
+                            mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+                if UPCAST:
+                    w = w.to(tl.float32)
+                acc += tl.dot(gr.to(w.dtype), w, input_precision=PRECISION)
+        acc = tl.where(row_ok[:, None], acc, 0.0)
+    in_n = (offs_m < N)[:, None]
+    tl.store(DX + g * N * C_X + offs_m[:, None] * C_X + offs_n[None, :], acc.to(DX.dtype.element_ty),
+             mask=in_n & (offs_n < C_in)[None, :])
+    if HAS_XB:
+        ob = offs_n - C_in
+        tl.store(DXB + g * N * C_B + offs_m[:, None] * C_B + ob[None, :], acc.to(DXB.dtype.element_ty),
+                 mask=in_n & ((ob >= 0) & (ob < C_B))[None, :])
+    # a group narrower than C_X: its columns of x past CI_g get zero
+    tl.store(DX + g * N * C_X + offs_m[:, None] * C_X + offs_n[None, :], tl.zeros_like(acc).to(DX.dtype.element_ty),
+             mask=in_n & ((offs_n >= C_in) & (offs_n < C_X))[None, :])
+
+
+@triton.jit(do_not_specialize=["N", "stride_xg", "stride_xn", "stride_bg", "stride_bn", "CI0", "CI1", "CI2",
+                               "CO0", "CO1", "CO2", "C_B", "C_Y", "OW1", "OW2", "OB1", "OB2"])
+def _row_conv_bwd_dw_kernel(
+    X, XB, DY, PRE, DW, DB, POS, LEN,
+    N, stride_xg, stride_xn, stride_bg, stride_bn, CI0, CI1, CI2, CO0, CO1, CO2, C_B, C_Y, OW1, OW2, OB1, OB2,
+    K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_XB: tl.constexpr,
+    G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """DW flat fp32: group g's (CO_g, CI_g + C_B, K) block at element offset OW_g (OW_0 = 0); DB
+    flat fp32: (CO_g,) at OB_g. One (BLOCK_N output channels, BLOCK_K input channels) tile of one
+    (group, tap), summed over every row in BLOCK_M chunks."""
+    pid_o = tl.program_id(0)
+    pid_i = tl.program_id(1)
+    g = tl.program_id(2) // K
+    j = tl.program_id(2) % K
+    t = j - PAD
+    C_in = _pick(g, CI0, CI1, CI2, G)
+    C_out = _pick(g, CO0, CO1, CO2, G)
+    ow = tl.where(g == 1, OW1, tl.where(g == 2, OW2, 0))
+    ob = tl.where(g == 1, OB1, tl.where(g == 2, OB2, 0))
+    C_w = C_in + C_B
+    if (pid_o * BLOCK_N < C_out) & (pid_i * BLOCK_K < C_w):
+        offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_i = pid_i * BLOCK_K + tl.arange(0, BLOCK_K)
+        o_ok = offs_o < C_out
+        i_ok = offs_i < C_in
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for r0 in range(0, N, BLOCK_M):
+            offs_r = r0 + tl.arange(0, BLOCK_M)
+            pos, ln, row_ok = _rows(POS, LEN, offs_r, N)
+            gr = _load_grad(DY, PRE, g, N, C_Y, offs_r, offs_o, row_ok[:, None] & o_ok[None, :], ACT)
+            if HAS_BIAS:
+                db += tl.sum(gr, 0)
+            src_ok = (row_ok & (pos + t >= 0) & (pos + t < ln))[:, None]
+            x = tl.load(X + g * stride_xg + (offs_r + t)[:, None] * stride_xn + offs_i[None, :],
+                        mask=src_ok & i_ok[None, :], other=0.0)
+            if HAS_XB:
+                ib = offs_i - C_in
+                x += tl.load(XB + g * stride_bg + (offs_r + t)[:, None] * stride_bn + ib[None, :],
+                             mask=src_ok & ((ib >= 0) & (ib < C_B))[None, :], other=0.0)
+            if UPCAST:
+                x = x.to(tl.float32)
+            acc += tl.dot(tl.trans(gr.to(x.dtype)), x, input_precision=PRECISION)
+        tl.store(DW + ow + offs_o[:, None] * (C_w * K) + offs_i[None, :] * K + j, acc,
+                 mask=o_ok[:, None] & (offs_i < C_w)[None, :])
+        if HAS_BIAS:
+            if (pid_i == 0) & (j == 0):
+                tl.store(DB + ob + offs_o, db, mask=o_ok)
+
+
+def _groups(x, xb, weights, pos, lens):
+    """Per-group (input, output) widths, checked: x (G, N, C_X) and xb (G, N, C_B) with unit channel
+    strides, weights G contiguous (CO_g, CI_g + C_B, K) of one K, pos/lens (N,) int32."""
+    G, N, C_X = x.shape
+    C_B = xb.shape[-1] if xb is not None else 0
+    if not 1 <= G <= 3 or len(weights) != G:
+        raise ValueError(f"row conv: 1 to 3 groups, one weight each; got x {tuple(x.shape)} and {len(weights)} weights")
+    if x.stride(-1) != 1 or (xb is not None and (xb.stride(-1) != 1 or tuple(xb.shape[:2]) != (G, N))):
+        raise ValueError("x and xb: (G, N, C) with a contiguous channel dim, the same G and N")
+    K = weights[0].shape[-1]
+    c_in, c_out = [], []
+    for w in weights:
+        if w.dim() != 3 or w.shape[-1] != K or not w.is_contiguous() or not 0 < w.shape[1] - C_B <= C_X:
+            raise ValueError(f"weight: expected contiguous (C_out, C_in + {C_B}, {K}) with C_in <= {C_X}, "
+                             f"got {tuple(w.shape)}")
+        c_in.append(w.shape[1] - C_B)
+        c_out.append(w.shape[0])
     if pos.shape != (N,) or lens.shape != (N,) or pos.dtype != torch.int32 or lens.dtype != torch.int32:
         raise ValueError(f"pos and lens: expected ({N},) int32 tensors")
+    return G, N, C_X, C_B, K, c_in, c_out
 
 
-def row_conv_fwd(x, weight, bias, pos, lens, pad, act, save_pre):
-    """x (N, C_in), weight (C_out, C_in, K), bias (C_out,) or None, pos/lens (N,) int32 ->
-    (y (N, C_out) in x's dtype, pre (N, C_out) or None)."""
-    _check(x, weight, pos, lens)
-    N, C_in = x.shape
-    C_out, _, K = weight.shape
+def _three(vals):
+    """A per-group argument list padded to the kernels' three slots."""
+    vals = list(vals)
+    return vals + [vals[0]] * (3 - len(vals))
+
+
+def row_conv_fwd(x, xb, weights, biases, pos, lens, pad, act, save_pre, ref=None):
+    """x (G, N, C_X), xb (G, N, C_B) or None, weights G (CO_g, CI_g + C_B, K), biases G (CO_g,) or
+    None, pos/lens (N,) int32 -> (y (G, N, max CO_g) in x's dtype, pre or None, part or None).
+    ``ref`` (G, N, C_R): also the reconstruction loss's partial sums ``part`` fp32 (see the module)."""
+    G, N, C_X, C_B, K, c_in, c_out = _groups(x, xb, weights, pos, lens)
+    C_Y = max(c_out)
     tile = row_conv_tile("fwd", x.dtype)
-    y = torch.empty((N, C_out), device=x.device, dtype=x.dtype)
+    y = torch.empty((G, N, C_Y), device=x.device, dtype=x.dtype)
     pre = torch.empty_like(y) if (save_pre and act) else None
-    launch_tile("row_conv_fwd", _row_conv_fwd_kernel,
-                lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(C_out, m["BLOCK_N"])), tile,
-                (ANY, ANY, dtype_name(x.dtype)), x, weight, bias if bias is not None else weight, y, pre if pre is not None else y, pos, lens,
-           N, C_in, C_out, x.stride(0), *weight.stride(),
-           K=K, PAD=int(pad), ACT=int(act), HAS_BIAS=bias is not None, SAVE_PRE=pre is not None,
-           UPCAST=upcast(x.dtype), PRECISION=dot_precision(x.dtype), key_values=(C_in, C_out, K))
-    return y, pre
+    n_m, n_n = triton.cdiv(N, tile.block_m), triton.cdiv(C_Y, tile.block_n)
+    part = torch.empty((G, n_m, n_n), device=x.device, dtype=torch.float32) if ref is not None else None
+    bs = _three(biases if biases is not None else weights)
+    args = (x, xb if xb is not None else x, *_three(weights), *bs, y, pre if pre is not None else y,
+            ref if ref is not None else x, part if part is not None else y, pos, lens,
+            N, x.stride(0), x.stride(1), xb.stride(0) if xb is not None else 0, xb.stride(1) if xb is not None else 0,
+            *_three(c_in), *_three(c_out), C_B, C_Y, ref.shape[-1] if ref is not None else 0, n_m, n_n)
+    const = dict(K=K, PAD=int(pad), ACT=int(act), HAS_BIAS=biases is not None, HAS_XB=xb is not None,
+                 SAVE_PRE=pre is not None, REC=ref is not None, G=G, UPCAST=upcast(x.dtype),
+                 PRECISION=dot_precision(x.dtype))
+    if ref is not None:  # the partial sums' layout is the tile's: the table's tile, never tuned
+        launch(_row_conv_fwd_kernel, (n_m, n_n, G), *args, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
+               BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages, **const)
+    else:
+        launch_tile("row_conv_fwd", _row_conv_fwd_kernel,
+                    lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(C_Y, m["BLOCK_N"]), G), tile,
+                    (ANY, ANY, dtype_name(x.dtype)), *args, **const, key_values=(max(c_in) + C_B, C_Y, K))
+    return y, pre, part
 
 
-def row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx):
-    """Gradients of row_conv_fwd: (dx in x's dtype or None, dW fp32, db fp32 or None).
-    dy (N, C_out) with a unit channel stride; pre as the forward saved it (act only)."""
-    _check(x, weight, pos, lens)
-    N, C_in = x.shape
-    C_out, _, K = weight.shape
-    if dy.shape != (N, C_out) or dy.stride(1) != 1:
-        raise ValueError(f"dy: expected ({N}, {C_out}) with a contiguous channel dim")
+def row_conv_bwd(dy, x, xb, weights, pre, pos, lens, pad, act, has_bias, need_dx):
+    """Gradients of row_conv_fwd: (dx (G, N, C_X) in x's dtype or None, dxb (G, N, C_B) or None,
+    dW fp32 flat (group g's (CO_g, CI_g + C_B, K) block after the previous groups'), db fp32 flat
+    or None). dy (G, N, max CO_g) contiguous; pre as the forward saved it (act only)."""
+    G, N, C_X, C_B, K, c_in, c_out = _groups(x, xb, weights, pos, lens)
+    C_Y = max(c_out)
+    if dy.shape != (G, N, C_Y) or not dy.is_contiguous():
+        raise ValueError(f"dy: expected contiguous ({G}, {N}, {C_Y}), got {tuple(dy.shape)}")
     pre_arg = pre if pre is not None else dy
-    common = dict(K=K, PAD=int(pad), ACT=int(act))
-    dx = None
+    common = dict(K=K, PAD=int(pad), ACT=int(act), HAS_XB=xb is not None, G=G, UPCAST=upcast(x.dtype),
+                  PRECISION=dot_precision(x.dtype))
+    dx = dxb = None
     if need_dx:
         tile = row_conv_tile("bwd_dx", x.dtype)
-        dx = torch.empty((N, C_in), device=x.device, dtype=x.dtype)
+        dx = torch.empty((G, N, C_X), device=x.device, dtype=x.dtype)
+        dxb = torch.empty((G, N, C_B), device=x.device, dtype=x.dtype) if xb is not None else None
+        width = max(C_X, max(c_in) + C_B)
         launch_tile("row_conv_bwd_dx", _row_conv_bwd_dx_kernel,
-                    lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(C_in, m["BLOCK_N"])), tile,
+                    lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(width, m["BLOCK_N"]), G), tile,
                     (ANY, ANY, dtype_name(x.dtype)),
-                    dy, pre_arg, weight, dx, pos, lens, N, C_in, C_out, dy.stride(0), *weight.stride(), **common,
-                    UPCAST=upcast(x.dtype), PRECISION=dot_precision(x.dtype), key_values=(C_in, C_out, K))
+                    dy, pre_arg, *_three(weights), dx, dxb if dxb is not None else dx, pos, lens,
+                    N, *_three(c_in), *_three(c_out), C_B, C_Y, C_X, **common,
+                    key_values=(max(c_in) + C_B, C_Y, K))
+    sizes = [co * (ci + C_B) * K for ci, co in zip(c_in, c_out)]
+    ow = [sum(sizes[:g]) for g in range(G)]
+    ob = [sum(c_out[:g]) for g in range(G)]
     tile = row_conv_tile("bwd_dw", x.dtype)
-    dw = torch.empty((C_out, C_in, K), device=x.device, dtype=torch.float32)
-    db = torch.empty((C_out,), device=x.device, dtype=torch.float32) if has_bias else None
+    dw = torch.empty((sum(sizes),), device=x.device, dtype=torch.float32)
+    db = torch.empty((sum(c_out),), device=x.device, dtype=torch.float32) if has_bias else None
     launch_tile("row_conv_bwd_dw", _row_conv_bwd_dw_kernel,
-                lambda m: (triton.cdiv(C_out, m["BLOCK_N"]), triton.cdiv(C_in, m["BLOCK_K"]), K), tile,
+                lambda m: (triton.cdiv(C_Y, m["BLOCK_N"]), triton.cdiv(max(c_in) + C_B, m["BLOCK_K"]), K * G), tile,
                 (ANY, ANY, dtype_name(x.dtype)),
-                x, dy, pre_arg, dw, db if db is not None else dw, pos, lens, N, C_in, C_out, x.stride(0),
-                dy.stride(0), **common, HAS_BIAS=has_bias, UPCAST=upcast(x.dtype),
-                PRECISION=dot_precision(x.dtype), key_values=(C_in, C_out, K))
-    return dx, dw, db
+                x, xb if xb is not None else x, dy, pre_arg, dw, db if db is not None else dw, pos, lens,
+                N, x.stride(0), x.stride(1), xb.stride(0) if xb is not None else 0,
+                xb.stride(1) if xb is not None else 0, *_three(c_in), *_three(c_out), C_B, C_Y,
+                *_three(ow)[1:], *_three(ob)[1:], HAS_BIAS=has_bias, **common,
+                key_values=(max(c_in) + C_B, C_Y, K))
+    return dx, dxb, dw, db

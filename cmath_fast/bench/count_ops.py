@@ -24,6 +24,7 @@ _NO_LAUNCH = {
     aten.detach.default, aten.lift_fresh.default, aten.alias.default, aten._local_scalar_dense.default,
     aten.is_same_size.default, aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default,
     aten.set_.source_Storage_storage_offset, aten.resize_.default,
+    aten.promote_types.default, aten.result_type.Tensor,
 }
 
 
@@ -36,6 +37,8 @@ def launches_work(func) -> bool:
     name = str(getattr(schema, "name", ""))
     if name.startswith("cmath_fast::"):
         return False  # our operators: the Triton launches inside them are counted one by one
+    if name.startswith("profiler::"):
+        return False  # record_function's enter and exit: host-side markers
     return not name.startswith("aten::_nested") and name not in ("aten::view", "aten::_unsafe_view")
 
 

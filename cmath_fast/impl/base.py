@@ -42,13 +42,14 @@ class Implementation:
         """Variational fusion of the F_c in the config's central order: (H_f (B, L, d), kl (B, L))."""
         raise NotImplementedError
 
-    def heads(self, model, coarse: torch.Tensor, fine: Dict[str, torch.Tensor], mask: torch.Tensor
+    def heads(self, model, coarse: torch.Tensor, fine: Dict[str, torch.Tensor], mask: torch.Tensor, rows=None
               ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Coarse logits (the prediction) and fine logits per central, zero at padded positions."""
+        """Coarse logits (the prediction) and fine logits per central, zero at padded positions
+        (on packed rows, whatever the layout's padding rows hold: nothing reads them unmasked)."""
         raise NotImplementedError
 
-    def loss_rows(self, logits, fine_logits, y, tau: float, detach_teacher: bool):
-        """The loss's per-utterance classification terms (``losses.classification_rows_ref``)."""
+    def loss(self, cfg, out, labels: torch.Tensor, class_weights, epoch=None, beta=None):
+        """(total, terms) of ``losses.cmath_loss`` for a forward output (padded or packed rows)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

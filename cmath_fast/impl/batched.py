@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .._checks import _compiling
 from ..ops._common import autocast_inputs
+from ..ops.layer_norm import MAX_D, stacked_layer_norm_op
 
 
 def tied(params: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -135,39 +136,22 @@ def kv_projection(inp: torch.Tensor, attns: Sequence[nn.Module], S: int) -> torc
 
 
 def stacked_layer_norm(x: torch.Tensor, norms: Sequence[nn.LayerNorm]) -> torch.Tensor:
-    """LayerNorm of x (C, ..., d) with the C norms' own affine parameters and eps."""
+    """LayerNorm of x (C, ..., d) with the C norms' own affine parameters and eps: one Triton
+    launch each way (``ops.layer_norm``), reading tied stacks of the parameters; under
+    torch.compile, ``F.layer_norm`` and the affine in torch (what Inductor fuses)."""
     eps = norms[0].eps
     if any(n.eps != eps or tuple(n.normalized_shape) != (x.shape[-1],) for n in norms):
         raise ValueError("stacked_layer_norm: the norms must share eps and shape "
                          f"({[(n.eps, tuple(n.normalized_shape)) for n in norms]})")
-    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-    y = F.layer_norm(x, x.shape[-1:], eps=eps)
     weights, biases = [n.weight for n in norms], [n.bias for n in norms]
-    w, b = tied(weights), tied(biases)
-    if w is None or b is None:
+    if _compiling() or x.shape[-1] > MAX_D:
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        y = F.layer_norm(x, x.shape[-1:], eps=eps)
         return torch.addcmul(torch.stack(biases).view(shape), y, torch.stack(weights).view(shape))
-    return TiedAffineFunction.apply(y, w.view(shape), b.view(shape), *weights, *biases)
-
-
-class TiedAffineFunction(torch.autograd.Function):
-    """y * w + b for C stacked affine parameters read from tied stacks: y (C, ..., d), w and b
-    (C, 1, ..., d) views of buffers whose slices are the parameters given after them."""
-
-    @staticmethod
-    def forward(ctx, y, w, b, *params):
-        ctx.n = len(params) // 2
-        ctx.save_for_backward(y, w)
-        return torch.addcmul(b, y, w)
-
-    @staticmethod
-    def backward(ctx, dy):
-        y, w = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        dims = tuple(range(1, dy.dim() - 1))
-        dy_in = dy * w if need[0] else None
-        dws = (dy * y).sum(dims).unbind(0) if any(need[3:3 + ctx.n]) else [None] * ctx.n
-        dbs = dy.sum(dims).unbind(0) if any(need[3 + ctx.n:]) else [None] * ctx.n
-        return (dy_in, None, None, *dws, *dbs)
+    w, b = tied(weights), tied(biases)
+    if w is None or b is None:  # during graph capture: stacked copies, their gradients through the stack
+        return stacked_layer_norm_op(x, torch.stack(weights), torch.stack(biases), eps)
+    return stacked_layer_norm_op(x, w, b, eps, (*weights, *biases))
 
 
 def dropout(x: torch.Tensor, module: nn.Dropout) -> torch.Tensor:

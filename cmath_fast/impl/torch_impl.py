@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import MODALITIES
-from ..losses import classification_rows_ref
+from ..losses import cmath_loss
 from ..profiling import nvtx_range
 from ..reference.layers import sinusoidal_positions, stream_order
 from .base import Implementation
@@ -65,10 +65,10 @@ class TorchImplementation(Implementation):
     def fuse(self, model, fine, mask, eps):
         return model.fusion(fine, mask, eps)
 
-    def loss_rows(self, logits, fine_logits, y, tau, detach_teacher):
-        return classification_rows_ref(logits, fine_logits, y, tau, detach_teacher)
+    def loss(self, cfg, out, labels, class_weights, epoch=None, beta=None):
+        return cmath_loss(cfg, out, labels, class_weights, epoch, beta=beta)
 
-    def heads(self, model, coarse, fine, mask):
+    def heads(self, model, coarse, fine, mask, rows=None):
         m = mask[..., None].to(coarse.dtype)
         logits = model.coarse_head(coarse) * m
         return logits, {c: model.fine_heads[c](f) * m for c, f in fine.items()}

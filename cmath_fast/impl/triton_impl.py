@@ -25,9 +25,12 @@ from .._checks import _compiling
 from ..config import MODALITIES
 from ..losses import StackedDict, stack_values
 from ..ops import cross_modal_attention_packed, poe_fusion, variational_fusion
-from ..ops.loss import classification_rows
-from ..ops.row_conv import dialogue_rows, row_conv
+from ..ops._common import autocast_inputs
 from ..ops.cross_modal_attention import MAX_HEAD_DIM
+from ..ops.loss import cmath_loss_fused
+from ..ops.reconstruction import reconstruction_loss, standardise_rows
+from ..ops.row_conv import dialogue_rows, row_conv_groups
+from ..profiling import nvtx_range
 from ..reference.layers import CMALayer, ModalityProjection, sinusoidal_positions, stream_order
 from .batched import batched_linear, dropout, kv_projection, stacked_layer_norm
 from .torch_impl import TorchImplementation
@@ -125,24 +128,52 @@ class TritonImplementation(TorchImplementation):
         else:
             pos = _positions(rows.max_len, model.cfg.d_model, mask.device, dtype).index_select(0, rows.pos)
         base = pos + spk
-        h = dropout(torch.stack([codes[m] for m in names]) + base, model.embed_dropout)
+        h = dropout(stack_values(codes) + base, model.embed_dropout)
         return _stacked_dict(names, h)
 
-    def reconstruct(self, encoder, x, mask, rows=None):
-        """The reference U-Net's math on rows (B*L, channels): same Conv1d parameters, read in place."""
-        if isinstance(encoder, ModalityProjection):
-            return encoder(x, mask)
-        pos, lens = rows if rows is not None else self.row_layout(mask, mask.sum(1))
-        B, L, D = x.shape
-        x_std = encoder.standardise(x, mask)
+    def encode(self, model, feats, speakers, mask, lengths, rows=None):
+        """The three U-Nets at once (``unets``), then the embeddings. ``feats`` are padded (B, L,
+        D_m) in either layout: with packed rows the standardisation gathers the valid rows."""
+        encs = [model.encoders[m] for m in MODALITIES]
+        if any(isinstance(e, ModalityProjection) for e in encs):  # the ablation without U-Nets
+            if rows is not None:
+                feats = {m: rows.pack(x)[None] for m, x in feats.items()}
+            return super().encode(model, feats, speakers, mask, lengths, rows)
+        with nvtx_range("reconstruction"):
+            codes, rec = self.unets(encs, feats, mask, lengths, rows)
+        with nvtx_range("embed"):
+            hidden = self.embed(model, codes, speakers, mask, feats["t"].dtype, rows)
+            if model.cfg.aux_self_attention:
+                hidden = self.self_attention(model.aux_encoders, hidden, lengths, rows)
+        return hidden, rec
 
-        def conv(layer, h, act):
-            return row_conv(h, layer.weight, layer.bias, pos, lens, activation=act)
-        skip = conv(encoder.enc1, x_std.reshape(B * L, D), "gelu")
-        z = conv(encoder.enc2, dropout(skip, encoder.dropout), "gelu")
-        u = conv(encoder.dec1, z, "gelu")
-        x_hat = conv(encoder.dec2, torch.cat([u, skip], dim=-1) if encoder.skip else u, None)
-        return z.view(B, L, -1), x_hat.view(B, L, D), x_std
+    def unets(self, encs, feats, mask, lengths, rows=None):
+        """The reference U-Nets' math for the three modalities on rows: each layer one
+        ``row_conv_groups`` launch for the three (same Conv1d parameters, read in place), the
+        skip connection read as the last layer's second input (no concatenation), the input
+        standardisation and packing one launch, L_rec from the last layer's epilogue and one
+        launch. -> ({m: Z_m}, L_rec)."""
+        pos, lens = self.row_layout(mask, lengths, rows)
+        xs = [feats[m].reshape(-1, feats[m].shape[-1]) for m in MODALITIES]
+        x_std = standardise_rows(xs, [e.feat_mean for e in encs], [e.feat_std for e in encs], pos, lens,
+                                 rows.index if rows is not None else None)
+
+        def conv(name, h, act, **kw):
+            layers = [getattr(e, name) for e in encs]
+            return row_conv_groups(h, [c.weight for c in layers], [c.bias for c in layers], pos, lens,
+                                   activation=act, **kw)
+        skip = conv("enc1", autocast_inputs(x_std)[0], "gelu")
+        drops = {(e.dropout.p, e.dropout.training) for e in encs}
+        h = dropout(skip, encs[0].dropout) if len(drops) == 1 else \
+            torch.stack([dropout(s, e.dropout) for s, e in zip(skip, encs)])
+        z = conv("enc2", h, "gelu")
+        u = conv("dec1", z, "gelu")
+        if len({e.skip for e in encs}) != 1:
+            raise ValueError("the fused U-Nets need one skip setting for the three modalities")
+        x_hat, part = conv("dec2", u, None, xb=skip if encs[0].skip else None, ref=x_std)
+        rec = reconstruction_loss(x_hat, x_std, part, pos, lens, [x.shape[-1] for x in xs])
+        codes = z.view((len(encs),) + tuple(mask.shape) + (z.shape[-1],))
+        return _stacked_dict(list(MODALITIES), codes), rec
 
     def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths, rows=None) -> Dict[str, torch.Tensor]:
         names = [m for m in MODALITIES if m in hidden]
@@ -169,17 +200,21 @@ class TritonImplementation(TorchImplementation):
     def fuse(self, model, fine, mask, eps):
         return model.fusion(fine, mask, eps, gaussian=variational_fusion, poe=poe_fusion)
 
-    def loss_rows(self, logits, fine_logits, y, tau, detach_teacher):
-        return classification_rows(logits, fine_logits, y, tau, detach_teacher)
+    def loss(self, cfg, out, labels, class_weights, epoch=None, beta=None):
+        """The whole loss in one fused op each way (``ops.loss.cmath_loss_fused``)."""
+        return cmath_loss_fused(cfg, out, labels, class_weights, epoch, beta)
 
-    def heads(self, model, coarse, fine, mask):
-        if len(fine) == 1:
-            return super().heads(model, coarse, fine, mask)
+    def heads(self, model, coarse, fine, mask, rows=None):
+        """The fine heads in one batched GEMM. Packed rows are not masked: the loss and the
+        unpacking read only the valid rows."""
         C = len(fine)
         B, L, d = coarse.shape
-        m = mask[..., None].to(coarse.dtype)
         heads = [model.fine_heads[c] for c in fine]
         h = stack_values(fine).view(C, B * L, d)
         h = dropout(heads[0].act(h), heads[0].dropout)
-        stacked = batched_linear(h, [hd.proj for hd in heads]).view(C, B, L, -1) * m
-        return model.coarse_head(coarse) * m, _stacked_dict(list(fine), stacked)
+        stacked = batched_linear(h, [hd.proj for hd in heads]).view(C, B, L, -1)
+        logits = model.coarse_head(coarse)
+        if rows is None:
+            m = mask[..., None].to(coarse.dtype)
+            logits, stacked = logits * m, stacked * m
+        return logits, _stacked_dict(list(fine), stacked)

@@ -45,6 +45,13 @@ def autocast_dtype(device_type: str):
         return torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype()
 
 
+def float_promotion(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """``torch.promote_types`` for two floating dtypes, in Python (no dispatcher call; traceable)."""
+    if a == b:
+        return a
+    return torch.float64 if torch.float64 in (a, b) else torch.float32
+
+
 def autocast_inputs(first: torch.Tensor, *rest):
     """Inside ``torch.autocast``, floating tensors (and lists of them) cast to the autocast dtype,
     as matmul-class ops cast their inputs; outside, returned unchanged. Returns (first, *rest)."""

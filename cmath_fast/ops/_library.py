@@ -21,11 +21,19 @@ Operators (optional outputs that were not asked for come back as empty tensors):
     poe_fwd(mu, logvar, eps?, row_mask?, seed, training, logvar_clamp, return_eps)
         -> (z, kl (N,) fp32, drawn noise or empty)
     poe_bwd(mu, logvar, dz?, dkl?, eps?, row_mask?, seed, training, logvar_clamp) -> (dmu, dlogvar)
-    row_conv_fwd(x, weight, bias?, pos, len, pad, act, save_pre) -> (y, pre or empty)
-    row_conv_bwd(dy, x, weight, pre, pos, len, pad, act, has_bias, need_dx)
-        -> (dx or empty, dW fp32, db fp32 or empty)
-    cls_fwd(z, f, y, tau) -> (ce, fce, kd), each (N,) fp32
-    cls_bwd(z, f, y, dce, dfce, dkd, tau, teacher_grad) -> (dz, df)
+    row_conv_fwd(x (G, N, C_X), xb?, weight[], bias[]?, pos, len, pad, act, save_pre, ref?)
+        -> (y (G, N, C_Y), pre or empty, reconstruction partial sums fp32 or empty)
+    row_conv_bwd(dy, x, xb?, weight[], pre, pos, len, pad, act, has_bias, need_dx)
+        -> (dx or empty, dxb or empty, dW fp32 flat, db fp32 flat or empty)
+    standardise(x[], mean[], std[], src?, pos, len, out_dtype) -> (G, N, max D_g) standardised rows
+    rec_total(part, pos, len) -> (L_rec () fp32, valid rows () fp32)
+    rec_bwd(x_hat, ref, grec, nv, pos, len, dims) -> d x_hat
+    layer_norm_fwd(x (C, R, D), w (C, D), b, eps, out_dtype) -> (y, mean (C, R) fp32, rstd (C, R) fp32)
+    layer_norm_bwd(dy, x, w, mean, rstd) -> (dx, dw fp32, db fp32)
+    loss_fwd(z, f, fine, kl?, rec?, coarse, y, valid, cw?, beta?, beta_value, tau, kd_scale, g_fine, g_kd, g_feat,
+             l_rec) -> (total () fp32, terms (10,) fp32)
+    loss_bwd(dtotal, z, f, fine, coarse, y, valid, cw?, terms, tau, kd_scale, g_fine, g_kd, g_feat, l_rec,
+             teacher_grad, need_fine, need_kl, need_rec) -> (dz, df, dfine, dkl, drec)
 ``seed`` is a (1,) int64 tensor on the op's device, drawn from torch's generator for that device
 and read by the kernels through a pointer: it never crosses to the host, so a captured CUDA graph
 draws fresh masks and noise on every replay.
@@ -159,54 +167,148 @@ def _poe_bwd_fake(mu, logvar, dz, dkl, eps, row_mask, seed, training, logvar_cla
     return mu.new_empty(tuple(mu.shape)), logvar.new_empty(tuple(logvar.shape))
 
 
-def _row_conv_fwd(x, weight, bias, pos, lens, pad, act, save_pre):
+def _row_conv_fwd(x, xb, weight, bias, pos, lens, pad, act, save_pre, ref=None):
     from ..kernels.row_conv import row_conv_fwd
-    x = _last_dim_dense(x)
-    bias, pos, lens = _dense(bias, pos, lens)
-    y, pre = row_conv_fwd(x, weight, bias, pos, lens, pad, act, save_pre)
-    return y, (pre if pre is not None else _empty(x))
-
-
-def _row_conv_fwd_fake(x, weight, bias, pos, lens, pad, act, save_pre):
-    shape = (x.shape[0], weight.shape[0])
-    return x.new_empty(shape), (x.new_empty(shape) if (save_pre and act) else _empty(x))
-
-
-def _row_conv_bwd(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx):
-    from ..kernels.row_conv import row_conv_bwd
-    dy, x = _last_dim_dense(dy), _last_dim_dense(x)
-    pre, pos, lens = _dense(pre, pos, lens)
-    dx, dw, db = row_conv_bwd(dy, x, weight, pre if pre.numel() else None, pos, lens, pad, act, has_bias,
-                              need_dx)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if xb is not None and xb.stride(-1) != 1:
+        xb = xb.contiguous()
+    pos, lens, ref = _dense(pos, lens, ref)
+    weight = list(_dense(*weight))
+    bias = list(_dense(*bias)) if bias is not None else None
+    y, pre, part = row_conv_fwd(x, xb, weight, bias, pos, lens, pad, act, save_pre, ref)
     f32 = dict(dtype=torch.float32)
-    return (dx if dx is not None else _empty(x), dw,
+    return y, (pre if pre is not None else _empty(x)), (part if part is not None else x.new_empty((0,), **f32))
+
+
+def _row_conv_fwd_fake(x, xb, weight, bias, pos, lens, pad, act, save_pre, ref=None):
+    import triton
+    from ..kernels.configs import row_conv_tile
+    G, N = x.shape[0], x.shape[1]
+    shape = (G, N, max(w.shape[0] for w in weight))
+    f32 = dict(dtype=torch.float32)
+    if ref is not None:
+        tile = row_conv_tile("fwd", x.dtype)
+        part = x.new_empty((G, triton.cdiv(N, tile.block_m), triton.cdiv(shape[2], tile.block_n)), **f32)
+    else:
+        part = x.new_empty((0,), **f32)
+    return x.new_empty(shape), (x.new_empty(shape) if (save_pre and act) else _empty(x)), part
+
+
+def _row_conv_bwd(dy, x, xb, weight, pre, pos, lens, pad, act, has_bias, need_dx):
+    from ..kernels.row_conv import row_conv_bwd
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if xb is not None and xb.stride(-1) != 1:
+        xb = xb.contiguous()
+    dy, pre, pos, lens = _dense(dy, pre, pos, lens)
+    weight = list(_dense(*weight))
+    dx, dxb, dw, db = row_conv_bwd(dy, x, xb, weight, pre if pre.numel() else None, pos, lens, pad, act, has_bias,
+                                   need_dx)
+    f32 = dict(dtype=torch.float32)
+    return (dx if dx is not None else _empty(x), dxb if dxb is not None else _empty(x), dw,
             db if db is not None else x.new_empty((0,), **f32))
 
 
-def _row_conv_bwd_fake(dy, x, weight, pre, pos, lens, pad, act, has_bias, need_dx):
+def _row_conv_bwd_fake(dy, x, xb, weight, pre, pos, lens, pad, act, has_bias, need_dx):
     f32 = dict(dtype=torch.float32)
-    return (x.new_empty(tuple(x.shape)) if need_dx else _empty(x), weight.new_empty(tuple(weight.shape), **f32),
-            weight.new_empty((weight.shape[0],) if has_bias else (0,), **f32))
+    c_b = xb.shape[-1] if xb is not None else 0
+    K = weight[0].shape[-1]
+    n_w = sum(w.shape[0] * w.shape[1] * K for w in weight)
+    return (x.new_empty(tuple(x.shape)) if need_dx else _empty(x),
+            x.new_empty((x.shape[0], x.shape[1], c_b)) if (need_dx and xb is not None) else _empty(x),
+            x.new_empty((n_w,), **f32),
+            x.new_empty((sum(w.shape[0] for w in weight),) if has_bias else (0,), **f32))
 
 
-def _cls_fwd(z, f, y, tau):
-    from ..kernels.loss import classification_rows_fwd
-    z, f, y = _dense(z, f, y)
-    return classification_rows_fwd(z, f, y, tau)
+def _standardise(x, mean, std, src, pos, lens, out_dtype):
+    from ..kernels.reconstruction import standardise_fwd
+    x = [t if t.stride(-1) == 1 else t.contiguous() for t in x]
+    mean, std = list(_dense(*mean)), list(_dense(*std))
+    src, pos, lens = _dense(src, pos, lens)
+    return standardise_fwd(x, mean, std, src, pos, lens, out_dtype)
 
 
-def _cls_fwd_fake(z, f, y, tau):
-    return tuple(z.new_empty((z.shape[0],), dtype=torch.float32) for _ in range(3))
+def _standardise_fake(x, mean, std, src, pos, lens, out_dtype):
+    N = src.shape[0] if src is not None else x[0].shape[0]
+    return x[0].new_empty((len(x), N, max(t.shape[1] for t in x)), dtype=out_dtype)
 
 
-def _cls_bwd(z, f, y, dce, dfce, dkd, tau, teacher_grad):
-    from ..kernels.loss import classification_rows_bwd
-    z, f, y, dce, dfce, dkd = _dense(z, f, y, dce, dfce, dkd)
-    return classification_rows_bwd(z, f, y, dce, dfce, dkd, tau, teacher_grad)
+def _rec_total(part, pos, lens):
+    from ..kernels.reconstruction import rec_total
+    part, pos, lens = _dense(part, pos, lens)
+    return rec_total(part, pos, lens)
 
 
-def _cls_bwd_fake(z, f, y, dce, dfce, dkd, tau, teacher_grad):
-    return z.new_empty(tuple(z.shape)), f.new_empty(tuple(f.shape))
+def _rec_total_fake(part, pos, lens):
+    return part.new_empty((), dtype=torch.float32), part.new_empty((), dtype=torch.float32)
+
+
+def _rec_bwd(x_hat, ref, grec, nv, pos, lens, dims):
+    from ..kernels.reconstruction import rec_bwd
+    x_hat, ref, grec, nv, pos, lens = _dense(x_hat, ref, grec, nv, pos, lens)
+    return rec_bwd(x_hat, ref, grec, nv, pos, lens, dims)
+
+
+def _rec_bwd_fake(x_hat, ref, grec, nv, pos, lens, dims):
+    return x_hat.new_empty(tuple(x_hat.shape))
+
+
+def _layer_norm_fwd(x, w, b, eps, out_dtype):
+    from ..kernels.layer_norm import layer_norm_fwd
+    return layer_norm_fwd(*_dense(x, w, b), eps, out_dtype)
+
+
+def _layer_norm_fwd_fake(x, w, b, eps, out_dtype):
+    f32 = dict(dtype=torch.float32)
+    return x.new_empty(tuple(x.shape), dtype=out_dtype), x.new_empty(tuple(x.shape[:2]), **f32), \
+        x.new_empty(tuple(x.shape[:2]), **f32)
+
+
+def _layer_norm_bwd(dy, x, w, mean, rstd):
+    from ..kernels.layer_norm import layer_norm_bwd
+    return layer_norm_bwd(*_dense(dy, x, w, mean, rstd))
+
+
+def _layer_norm_bwd_fake(dy, x, w, mean, rstd):
+    f32 = dict(dtype=torch.float32)
+    return x.new_empty(tuple(x.shape)), w.new_empty(tuple(w.shape), **f32), w.new_empty(tuple(w.shape), **f32)
+
+
+def _loss_fwd(z, f, fine, kl, rec, coarse, y, valid, cw, beta, beta_value, tau, kd_scale, g_fine, g_kd, g_feat,
+              l_rec):
+    from ..kernels.loss import cmath_loss_fwd
+    z, f, fine, kl, rec, coarse, y, valid, cw, beta = _dense(z, f, fine, kl, rec, coarse, y, valid, cw, beta)
+    return cmath_loss_fwd(z, f, fine, kl, rec, coarse, y, valid, cw, beta, beta_value, tau, kd_scale, g_fine,
+                          g_kd, g_feat, l_rec)
+
+
+def _loss_fwd_fake(z, f, fine, kl, rec, coarse, y, valid, cw, beta, beta_value, tau, kd_scale, g_fine, g_kd,
+                   g_feat, l_rec):
+    from ..kernels.loss import TERMS
+    return z.new_empty((), dtype=torch.float32), z.new_empty((len(TERMS),), dtype=torch.float32)
+
+
+def _loss_bwd(dtotal, z, f, fine, coarse, y, valid, cw, terms, tau, kd_scale, g_fine, g_kd, g_feat, l_rec,
+              teacher_grad, need_fine, need_kl, need_rec):
+    from ..kernels.loss import cmath_loss_bwd
+    dtotal, z, f, fine, coarse, y, valid, cw, terms = _dense(dtotal, z, f, fine, coarse, y, valid, cw, terms)
+    dz, df, dfine, dkl, drec = cmath_loss_bwd(dtotal, z, f, fine, coarse, y, valid, cw, terms, tau, kd_scale,
+                                              g_fine, g_kd, g_feat, l_rec, teacher_grad, need_fine, need_kl,
+                                              need_rec)
+    f32 = dict(dtype=torch.float32)
+    return (dz, df, dfine if dfine is not None else _empty(fine),
+            dkl if dkl is not None else z.new_empty((0,), **f32), drec if drec is not None else z.new_empty((0,), **f32))
+
+
+def _loss_bwd_fake(dtotal, z, f, fine, coarse, y, valid, cw, terms, tau, kd_scale, g_fine, g_kd, g_feat, l_rec,
+                   teacher_grad, need_fine, need_kl, need_rec):
+    f32 = dict(dtype=torch.float32)
+    need_fine = need_fine and g_feat != 0.0
+    return (z.new_empty(tuple(z.shape)), f.new_empty(tuple(f.shape)),
+            fine.new_empty(tuple(fine.shape)) if need_fine else _empty(fine),
+            z.new_empty((z.shape[0],), **f32) if need_kl else z.new_empty((0,), **f32),
+            z.new_empty((), **f32) if need_rec else z.new_empty((0,), **f32))
 
 
 SCHEMAS = {
@@ -226,13 +328,28 @@ SCHEMAS = {
                 "float logvar_clamp, bool return_eps) -> (Tensor, Tensor, Tensor)", _poe_fwd, _poe_fwd_fake),
     "poe_bwd": ("(Tensor mu, Tensor logvar, Tensor? dz, Tensor? dkl, Tensor? eps, Tensor? row_mask, Tensor? seed, "
                 "bool training, float logvar_clamp) -> (Tensor, Tensor)", _poe_bwd, _poe_bwd_fake),
-    "row_conv_fwd": ("(Tensor x, Tensor weight, Tensor? bias, Tensor pos, Tensor lens, int pad, int act, "
-                     "bool save_pre) -> (Tensor, Tensor)", _row_conv_fwd, _row_conv_fwd_fake),
-    "row_conv_bwd": ("(Tensor dy, Tensor x, Tensor weight, Tensor pre, Tensor pos, Tensor lens, int pad, int act, "
-                     "bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor)", _row_conv_bwd, _row_conv_bwd_fake),
-    "cls_fwd": ("(Tensor z, Tensor f, Tensor y, float tau) -> (Tensor, Tensor, Tensor)", _cls_fwd, _cls_fwd_fake),
-    "cls_bwd": ("(Tensor z, Tensor f, Tensor y, Tensor dce, Tensor dfce, Tensor dkd, float tau, bool teacher_grad) "
-                "-> (Tensor, Tensor)", _cls_bwd, _cls_bwd_fake),
+    "row_conv_fwd": ("(Tensor x, Tensor? xb, Tensor[] weight, Tensor[]? bias, Tensor pos, Tensor lens, int pad, "
+                     "int act, bool save_pre, Tensor? ref=None) -> (Tensor, Tensor, Tensor)",
+                     _row_conv_fwd, _row_conv_fwd_fake),
+    "row_conv_bwd": ("(Tensor dy, Tensor x, Tensor? xb, Tensor[] weight, Tensor pre, Tensor pos, Tensor lens, int pad, "
+                     "int act, bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor)",
+                     _row_conv_bwd, _row_conv_bwd_fake),
+    "standardise": ("(Tensor[] x, Tensor[] mean, Tensor[] std, Tensor? src, Tensor pos, Tensor lens, "
+                    "ScalarType out_dtype) -> Tensor", _standardise, _standardise_fake),
+    "rec_total": ("(Tensor part, Tensor pos, Tensor lens) -> (Tensor, Tensor)", _rec_total, _rec_total_fake),
+    "rec_bwd": ("(Tensor x_hat, Tensor ref, Tensor grec, Tensor nv, Tensor pos, Tensor lens, int[] dims) -> Tensor",
+                _rec_bwd, _rec_bwd_fake),
+    "layer_norm_fwd": ("(Tensor x, Tensor w, Tensor b, float eps, ScalarType out_dtype) -> (Tensor, Tensor, Tensor)",
+                       _layer_norm_fwd, _layer_norm_fwd_fake),
+    "layer_norm_bwd": ("(Tensor dy, Tensor x, Tensor w, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)",
+                       _layer_norm_bwd, _layer_norm_bwd_fake),
+    "loss_fwd": ("(Tensor z, Tensor f, Tensor fine, Tensor? kl, Tensor? rec, Tensor coarse, Tensor y, Tensor valid, "
+                 "Tensor? cw, Tensor? beta, float beta_value, float tau, float kd_scale, float g_fine, float g_kd, "
+                 "float g_feat, float l_rec) -> (Tensor, Tensor)", _loss_fwd, _loss_fwd_fake),
+    "loss_bwd": ("(Tensor dtotal, Tensor z, Tensor f, Tensor fine, Tensor coarse, Tensor y, Tensor valid, Tensor? cw, "
+                 "Tensor terms, float tau, float kd_scale, float g_fine, float g_kd, float g_feat, float l_rec, "
+                 "bool teacher_grad, bool need_fine, bool need_kl, bool need_rec) "
+                 "-> (Tensor, Tensor, Tensor, Tensor, Tensor)", _loss_bwd, _loss_bwd_fake),
 }
 
 _REGISTERED, REASON = library_status()

@@ -1,11 +1,14 @@
 """``row_conv``: the U-Net's Conv1d over the utterance axis on the row-major (rows, channels)
 layout, with bias, activation and the padding mask fused (Triton). Same weights as the
 ``nn.Conv1d`` it replaces; dialogue boundaries come from each row's position and dialogue length,
-so it serves the padded B x L layout and packed rows alike."""
+so it serves the padded B x L layout and packed rows alike. ``row_conv_groups``: up to three such
+convolutions over the same rows (the three modalities' U-Nets) in one launch each way, with an
+optional second input continuing each group's channels (a concatenation without the copy) and
+the reconstruction loss's partial sums in the epilogue."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -27,26 +30,65 @@ def dialogue_rows(lengths: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, to
 
 
 class RowConvFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, pos, lens, pad, act):
-        ctx.set_materialize_grads(False)
-        needs = any(ctx.needs_input_grad[:3])
-        y, pre = op("row_conv_fwd")(x, weight, bias, pos, lens, pad, act, needs)
-        ctx.save_for_backward(x, weight, pre, pos, lens)
-        ctx.cfg = (pad, act, bias is not None, bias.dtype if bias is not None else None)
-        return y
+    """y (G, N, C_Y) [, reconstruction partial sums] of G grouped row convolutions; params: the G
+    weights, then the G biases (when there are biases)."""
 
     @staticmethod
-    def backward(ctx, dy):
+    def forward(ctx, x, xb, pos, lens, pad, act, ref, n_groups, *params):
+        ctx.set_materialize_grads(False)
+        weights = list(params[:n_groups])
+        biases = list(params[n_groups:]) or None
+        y, pre, part = op("row_conv_fwd")(x, xb, weights, biases, pos, lens, pad, act, any(ctx.needs_input_grad), ref)
+        ctx.save_for_backward(x, xb, pre, pos, lens, *weights)
+        ctx.cfg = (pad, act, n_groups, [b.dtype for b in biases] if biases is not None else None)
+        ctx.mark_non_differentiable(part)
+        return y, part
+
+    @staticmethod
+    def backward(ctx, dy, _dpart):
+        pad, act, G, b_dtypes = ctx.cfg
+        n_params = G * (2 if b_dtypes is not None else 1)
         if dy is None:
-            return (None,) * 7
-        x, weight, pre, pos, lens = ctx.saved_tensors
-        pad, act, has_bias, b_dtype = ctx.cfg
+            return (None,) * (8 + n_params)
+        x, xb, pre, pos, lens, *weights = ctx.saved_tensors
+        need_x, need_xb = ctx.needs_input_grad[:2]
         with nvtx_range("op/row_conv", "bwd"):
-            dx, dw, db = op("row_conv_bwd")(dy.to(x.dtype), x, weight, pre, pos, lens, pad, act, has_bias,
-                                            ctx.needs_input_grad[0])
-        return (dx if ctx.needs_input_grad[0] else None, dw.to(weight.dtype),
-                db.to(b_dtype) if has_bias else None, None, None, None, None)
+            dx, dxb, dw, db = op("row_conv_bwd")(dy.to(x.dtype).contiguous(), x, xb, weights, pre, pos, lens, pad,
+                                                 act, b_dtypes is not None, bool(need_x or need_xb))
+        dws, dbs, at, bt = [], [], 0, 0
+        for g, w in enumerate(weights):
+            dws.append(dw[at:at + w.numel()].view(w.shape).to(w.dtype))
+            at += w.numel()
+            if b_dtypes is not None:
+                dbs.append(db[bt:bt + w.shape[0]].to(b_dtypes[g]))
+                bt += w.shape[0]
+        return (dx if need_x else None, dxb if need_xb else None, None, None, None, None, None, None, *dws, *dbs)
+
+
+def _check_conv(x, weights, biases, pos, lens, activation, c_b=0):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {sorted(a for a in ACTIVATIONS if a)} or None, "
+                         f"got {activation!r}")
+    kernel_dtype("x", x)
+    check_device("x", x)
+    K = weights[0].shape[-1] if weights[0].dim() == 3 else None
+    for g, w in enumerate(weights):
+        check_tensor("weight", w, ndim=3, dtype=x.dtype, device=x.device)
+        if not 0 < w.shape[1] - c_b <= x.shape[-1]:
+            raise ValueError(f"weight: expected at most {x.shape[-1]} input channels"
+                             f"{f' + {c_b} of xb' if c_b else ''} (x is {tuple(x.shape)}), got {tuple(w.shape)}")
+        if w.shape[2] % 2 != 1 or w.shape[2] != K:
+            raise ValueError(f"weight: the kernel size must be odd (padding K // 2 keeps the length) and the "
+                             f"same for every group, got {tuple(w.shape)}")
+        if biases is not None:
+            check_tensor("bias", biases[g], ndim=1, dtype=x.dtype, device=x.device)
+            if biases[g].shape[0] != w.shape[0]:
+                raise ValueError(f"bias: expected ({w.shape[0]},), got {tuple(biases[g].shape)}")
+    n = x.shape[-2]
+    for name, t in (("pos", pos), ("lens", lens)):
+        check_tensor(name, t, ndim=1, dtype=torch.int32, device=x.device)
+        if t.shape[0] != n:
+            raise ValueError(f"{name}: expected ({n},) (one per row of x), got {tuple(t.shape)}")
 
 
 def row_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pos: torch.Tensor,
@@ -56,27 +98,47 @@ def row_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     (``dialogue_rows`` builds them for the padded layout) -> act(conv) (N, C_out), zero on padding
     rows (pos >= lens). A shifted row never crosses into another dialogue; padding rows are never
     read. Inside ``torch.autocast`` x, weight and bias run in the autocast dtype, as Conv1d's do."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {sorted(a for a in ACTIVATIONS if a)} or None, "
-                         f"got {activation!r}")
     x, weight, bias = autocast_inputs(x, weight, bias)
     check_tensor("x", x, ndim=2, floating=True)
-    kernel_dtype("x", x)
-    check_device("x", x)
-    check_tensor("weight", weight, ndim=3, dtype=x.dtype, device=x.device)
+    check_tensor("weight", weight, ndim=3)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"weight: expected {x.shape[1]} input channels (x is {tuple(x.shape)}), "
                          f"got {tuple(weight.shape)}")
-    if weight.shape[2] % 2 != 1:
-        raise ValueError(f"weight: the kernel size must be odd (padding K // 2 keeps the length), "
-                         f"got {weight.shape[2]}")
-    if bias is not None:
-        check_tensor("bias", bias, ndim=1, dtype=x.dtype, device=x.device)
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias: expected ({weight.shape[0]},), got {tuple(bias.shape)}")
-    for name, t in (("pos", pos), ("lens", lens)):
-        check_tensor(name, t, ndim=1, dtype=torch.int32, device=x.device)
-        if t.shape[0] != x.shape[0]:
-            raise ValueError(f"{name}: expected ({x.shape[0]},) (one per row of x), got {tuple(t.shape)}")
+    biases = [bias] if bias is not None else None
+    _check_conv(x, [weight], biases, pos, lens, activation)
     with nvtx_range("op/row_conv"):
-        return RowConvFunction.apply(x, weight, bias, pos, lens, weight.shape[2] // 2, ACTIVATIONS[activation])
+        y, _ = RowConvFunction.apply(x[None], None, pos, lens, weight.shape[2] // 2, ACTIVATIONS[activation], None,
+                                     1, weight.contiguous(), *(biases or []))
+    return y[0]
+
+
+def row_conv_groups(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Optional[Sequence[torch.Tensor]],
+                    pos: torch.Tensor, lens: torch.Tensor, *, activation: Optional[str] = None,
+                    xb: Optional[torch.Tensor] = None, ref: Optional[torch.Tensor] = None):
+    """G <= 3 row convolutions over the same rows in one launch: x (G, N, C_X), group g reading its
+    first CI_g channels; weights[g] (CO_g, CI_g + C_B, K) with one K; biases[g] (CO_g,) or None;
+    xb (G, N, C_B): channels that continue each group's input (as ``cat([x_g, xb_g], -1)``)
+    -> y (G, N, max CO_g), zero past each group's CO_g channels and on padding rows. ``ref``
+    (G, N, >= CO_g): also returns the reconstruction loss's partial sums (fp32; see
+    ``kernels.row_conv``) of sum over valid rows of |y_g - ref_g|^2 / CO_g: (y, part)."""
+    # (ref is read in any float dtype: under autocast the loss compares with the uncast values)
+    x, xb, weights, biases = autocast_inputs(x, xb, list(weights), list(biases) if biases else None)
+    check_tensor("x", x, ndim=3, floating=True)
+    if not 1 <= x.shape[0] <= 3 or len(weights) != x.shape[0]:
+        raise ValueError(f"row_conv_groups: 1 to 3 groups with one weight each, got x {tuple(x.shape)} and "
+                         f"{len(weights)} weights")
+    if xb is not None:
+        check_tensor("xb", xb, ndim=3, dtype=x.dtype, device=x.device)
+        if tuple(xb.shape[:2]) != tuple(x.shape[:2]):
+            raise ValueError(f"xb: expected ({x.shape[0]}, {x.shape[1]}, C_B), got {tuple(xb.shape)}")
+    if ref is not None:
+        check_tensor("ref", ref, ndim=3, floating=True, device=x.device)
+        if tuple(ref.shape[:2]) != tuple(x.shape[:2]) or ref.shape[2] < max(w.shape[0] for w in weights):
+            raise ValueError(f"ref: expected ({x.shape[0]}, {x.shape[1]}, >= C_out), got {tuple(ref.shape)}")
+    _check_conv(x, weights, biases, pos, lens, activation, xb.shape[-1] if xb is not None else 0)
+    with nvtx_range("op/row_conv"):
+        y, part = RowConvFunction.apply(
+            x if x.stride(-1) == 1 else x.contiguous(), xb if xb is None or xb.stride(-1) == 1 else xb.contiguous(),
+            pos, lens, weights[0].shape[2] // 2, ACTIVATIONS[activation], ref, len(weights),
+            *[w.contiguous() for w in weights], *(biases or []))
+    return (y, part) if ref is not None else y

@@ -16,7 +16,8 @@ import tempfile
 
 H100_SMEM = 227 * 1024
 TYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
-SCALARS = {"sm_scale": "fp32", "p_drop": "fp32", "logvar_clamp": "fp32", "inv_tau": "fp32"}
+SCALARS = {"sm_scale": "fp32", "p_drop": "fp32", "logvar_clamp": "fp32", "inv_tau": "fp32",
+           "eps": "fp32", **{name: "fp32" for name in ("beta_value", "kd_scale", "g_fine", "g_kd", "g_feat", "l_rec")}}
 
 
 def compile_sm90(kernel, pointer_types, constexprs, *, num_warps=4, num_stages=2):

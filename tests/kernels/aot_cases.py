@@ -132,10 +132,13 @@ def all_cases():
     cases = attention_cases()
     cases.update(autotune_cases())
     try:
-        from tests.kernels.aot_cases_fusion import fusion_cases, loss_cases, row_conv_cases
+        from tests.kernels.aot_cases_fusion import (fusion_cases, layer_norm_cases, loss_cases, reconstruction_cases,
+                                                     row_conv_cases)
     except ImportError:
         return cases
     cases.update(fusion_cases())
     cases.update(row_conv_cases())
+    cases.update(reconstruction_cases())
+    cases.update(layer_norm_cases())
     cases.update(loss_cases())
     return cases

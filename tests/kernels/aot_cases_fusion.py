@@ -64,25 +64,29 @@ def fusion_cases():
     return cases
 
 
-def row_conv(kernel, dtype, t, K=3, act=1):
+def row_conv(kernel, dtype, t, K=3, act=1, G=3, xb=False):
+    """A row-convolution kernel for G groups (the three modalities' U-Nets), with a second input
+    (the decoder's skip connection) and the reconstruction partial sums when ``xb``."""
     from cmath_fast.kernels import row_conv as rc
     tp = TYPES[dtype]
-    flags = dict(K=K, PAD=K // 2, ACT=act, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-                 UPCAST=dtype == "fp32", PRECISION="ieee" if dtype == "fp32" else "tf32")
+    flags = dict(K=K, PAD=K // 2, ACT=act, G=G, HAS_XB=xb, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
+                 BLOCK_K=t.block_k, UPCAST=dtype == "fp32", PRECISION="ieee" if dtype == "fp32" else "tf32")
     ints = {"POS": "*i32", "LEN": "*i32"}
     if kernel == "fwd":
-        ptr = dict(X=tp, W=tp, BIAS=tp, Y=tp, PRE=tp, **ints)
-        return rc._row_conv_fwd_kernel, ptr, dict(flags, HAS_BIAS=True, SAVE_PRE=True)
+        ptr = dict(X=tp, XB=tp, W0=tp, W1=tp, W2=tp, B0=tp, B1=tp, B2=tp, Y=tp, PRE=tp, REF="*fp32",
+                   PART="*fp32", **ints)
+        return rc._row_conv_fwd_kernel, ptr, dict(flags, HAS_BIAS=True, SAVE_PRE=act != 0, REC=xb)
     if kernel == "bwd_dx":
-        ptr = dict(DY=tp, PRE=tp, W=tp, DX=tp, **ints)
+        ptr = dict(DY=tp, PRE=tp, W0=tp, W1=tp, W2=tp, DX=tp, DXB=tp, **ints)
         return rc._row_conv_bwd_dx_kernel, ptr, flags
-    ptr = dict(X=tp, DY=tp, PRE=tp, DW="*fp32", DB="*fp32", **ints)
+    ptr = dict(X=tp, XB=tp, DY=tp, PRE=tp, DW="*fp32", DB="*fp32", **ints)
     return rc._row_conv_bwd_dw_kernel, ptr, dict(flags, HAS_BIAS=True)
 
 
 def row_conv_cases():
-    """Every row-convolution tile a launcher can choose (checked for spills), k = 3 with GELU, and
-    the decoder's k = 1 without."""
+    """Every row-convolution tile a launcher can choose (checked for spills), three groups, k = 3
+    with GELU, and the decoder's k = 1 without, reading the skip connection as a second input and
+    writing the reconstruction partial sums; one group (``row_conv``'s single convolution)."""
     from cmath_fast.kernels.configs import all_row_conv_tiles
 
     cases = {}
@@ -92,22 +96,63 @@ def row_conv_cases():
             continue
         launch = (t.num_warps, t.num_stages)
         cases[f"launcher-rowconv-{kernel}-{dtype}-{t.block_m}x{t.block_n}x{t.block_k}"] = row_conv(kernel, dtype, t) + launch
+        cases[f"launcher-rowconv-{kernel}-{dtype}-k1-skip"] = row_conv(kernel, dtype, t, K=1, act=0, xb=True) + launch
         if dtype == "bf16":
-            cases[f"rowconv-{kernel}-k1-linear"] = row_conv(kernel, dtype, t, K=1, act=0) + launch
+            cases[f"rowconv-{kernel}-one-group"] = row_conv(kernel, dtype, t, G=1) + launch
+    return cases
+
+
+def reconstruction_cases():
+    """The U-Nets' standardisation and reconstruction-loss kernels (three groups): spills checked."""
+    from cmath_fast.kernels import reconstruction as rk
+    cases = {}
+    blocks = dict(BLOCK_M=rk.BLOCK_M, BLOCK_D=rk.BLOCK_D)
+    for dtype in (list(TYPES) if FULL else ["bf16", "fp32"]):
+        tp = TYPES[dtype]
+        ptr = dict(X0=tp, X1=tp, X2=tp, M0=tp, M1=tp, M2=tp, SD0=tp, SD1=tp, SD2=tp, SRC="*i64", OUT=tp,
+                   POS="*i32", LEN="*i32")
+        cases[f"launcher-standardise-{dtype}"] = (rk._standardise_kernel, ptr, dict(HAS_SRC=True, G=3, **blocks), 4, 1)
+        ptr = dict(XHAT=tp, REF="*fp32", GREC="*fp32", NV="*fp32", DXHAT=tp, POS="*i32", LEN="*i32")
+        cases[f"launcher-rec-bwd-{dtype}"] = (rk._rec_bwd_kernel, ptr, dict(G=3, **blocks), 4, 1)
+    ptr = dict(PART="*fp32", POS="*i32", LEN="*i32", REC="*fp32", NV="*fp32")
+    cases["launcher-rec-total"] = (rk._rec_total_kernel, ptr, dict(BLOCK=rk.BLOCK_R), 4, 1)
+    return cases
+
+
+def layer_norm_cases():
+    """The stacked LayerNorm at d 256 and 1024 (the presets' widths): spills checked."""
+    from cmath_fast.kernels import layer_norm as ln
+    cases = {}
+    for dtype in (list(TYPES) if FULL else ["bf16", "fp32"]):
+        tp = TYPES[dtype]
+        for d in (256, 1024):
+            block_d, block_r = ln._blocks(d)
+            ptr = dict(X=tp, W=tp, B=tp, Y=tp, MEAN="*fp32", RSTD="*fp32")
+            cases[f"launcher-layernorm-fwd-{dtype}-d{d}"] = (ln._ln_fwd_kernel, ptr,
+                                                             dict(BLOCK_R=block_r, BLOCK_D=block_d), 4, 1)
+            ptr = dict(DY=tp, X=tp, W=tp, MEAN="*fp32", RSTD="*fp32", DX=tp, DW="*fp32", DB="*fp32")
+            cases[f"launcher-layernorm-bwd-{dtype}-d{d}"] = (
+                ln._ln_bwd_kernel, ptr, dict(BLOCK_R=block_r, BLOCK_D=block_d, BLOCK_C=ln.BLOCK_C,
+                                             BLOCK_RR=ln.BLOCK_RR), 4, 1)
     return cases
 
 
 def loss_cases():
-    """The loss's classification-rows kernels at the launchers' tile, K = 6 and 7 classes (BLOCK_K 8),
-    three fine heads: checked for spills."""
+    """The fused loss's kernels at the launchers' tiles, K = 6 and 7 classes (BLOCK_K 8), three fine
+    heads, d 1024: checked for spills."""
     from cmath_fast.kernels import loss
     cases = {}
     for dtype in (list(TYPES) if FULL else ["bf16", "fp32"]):
         tp = TYPES[dtype]
-        ptr = {"Z": tp, "F": tp, "Y": "*i64", "CE": "*fp32", "FCE": "*fp32", "KD": "*fp32"}
-        cases[f"launcher-loss-fwd-{dtype}"] = (loss._cls_fwd_kernel, ptr, dict(C=3, BLOCK_N=loss.BLOCK_N, BLOCK_K=8),
-                                               4, 1)
-        ptr = {"Z": tp, "F": tp, "Y": "*i64", "DCE": "*fp32", "DFCE": "*fp32", "DKD": "*fp32", "DZ": tp, "DF": tp}
-        cases[f"launcher-loss-bwd-{dtype}"] = (loss._cls_bwd_kernel, ptr,
-                                               dict(C=3, TEACHER_GRAD=True, BLOCK_N=loss.BLOCK_N, BLOCK_K=8), 4, 1)
+        rows = {"Z": tp, "F": tp, "Y": "*i64", "VALID": "*u8", "CW": "*fp32", "FINE": tp, "COARSE": tp}
+        const = dict(C=3, HAS_CW=True, BLOCK_N=loss.BLOCK_N, BLOCK_K=8, BLOCK_D=loss._block_d(1024))
+        cases[f"launcher-loss-rows-{dtype}"] = (loss._loss_rows_kernel, dict(rows, KL="*fp32", PART="*fp32"),
+                                                dict(const, HAS_KL=True, FEAT=True), loss.NUM_WARPS, 1)
+        ptr = dict(rows, TERMS="*fp32", GT="*fp32", DZ=tp, DF=tp, DFINE=tp, DKL="*fp32", DREC="*fp32")
+        cases[f"launcher-loss-bwd-{dtype}"] = (loss._loss_bwd_kernel, ptr,
+                                               dict(const, TEACHER_GRAD=True, NEED_FINE=True, NEED_KL=True,
+                                                    NEED_REC=True), loss.NUM_WARPS, 1)
+    ptr = {"PART": "*fp32", "REC": "*fp32", "BETA": "*fp32", "TOTAL": "*fp32", "TERMS": "*fp32"}
+    cases["launcher-loss-total"] = (loss._loss_total_kernel, ptr, dict(HAS_REC=True, HAS_BETA=True,
+                                                                       BLOCK_P=loss.BLOCK_P), 4, 1)
     return cases

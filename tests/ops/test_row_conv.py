@@ -109,6 +109,55 @@ def test_packed_rows_match_the_padded_layout():
     torch.testing.assert_close(y, expect, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("with_xb", [True, False])
+def test_groups_match_conv1d_per_group(with_xb):
+    """Three groups of different widths in one launch (a second input continuing each group's
+    channels, the reconstruction partial sums): each group equals its own Conv1d on
+    cat([x_g[..., :CI_g], xb_g]), zero past its channels; every gradient matches."""
+    from cmath_fast.ops.row_conv import row_conv_groups
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([6, 3, 0, 1])
+    B, L, C_B, K = 4, 6, (5 if with_xb else 0), 3
+    mask = torch.arange(L)[None] < lengths[:, None]
+    widths = [(17, 9), (7, 20), (12, 4)]  # (CI_g, CO_g)
+    C_X, C_Y = 17, 20
+    x = torch.randn(3, B, L, C_X, generator=g).double() * mask[..., None]
+    xb = torch.randn(3, B, L, C_B, generator=g).double() * mask[..., None] if with_xb else None
+    ws = [(torch.randn(co, ci + C_B, K, generator=g) * 0.3).double().requires_grad_() for ci, co in widths]
+    bs = [torch.randn(co, generator=g).double().requires_grad_() for _, co in widths]
+    ref_t = torch.randn(3, B, L, C_Y, generator=g).double()
+    dy = torch.randn(3, B, L, C_Y, generator=g).double()
+    xr = x.clone().requires_grad_()
+    xbr = xb.clone().requires_grad_() if with_xb else None
+    loss_r, rec_r = 0.0, 0.0
+    for i, (ci, co) in enumerate(widths):
+        inp = torch.cat([xr[i, ..., :ci], xbr[i]], -1) if with_xb else xr[i, ..., :ci]
+        y = F.gelu(F.conv1d(inp.transpose(1, 2), ws[i], bs[i], padding=1)).transpose(1, 2) * mask[..., None]
+        loss_r = loss_r + (y * dy[i, ..., :co]).sum()
+        rec_r = rec_r + (((y - ref_t[i, ..., :co]) ** 2) * mask[..., None]).sum().item() / co
+    grads_r = torch.autograd.grad(loss_r, [xr] + ([xbr] if with_xb else []) + ws + bs)
+
+    pos, ln = (t.to(DEVICE) for t in dialogue_rows(lengths, L))
+    dev = lambda t: t.detach().reshape(3, B * L, -1).float().to(DEVICE)  # noqa: E731
+    xo = dev(x).requires_grad_()
+    xbo = dev(xb).requires_grad_() if with_xb else None
+    wo = [w.detach().float().to(DEVICE).requires_grad_() for w in ws]
+    bo = [b.detach().float().to(DEVICE).requires_grad_() for b in bs]
+    y, part = row_conv_groups(xo, wo, bo, pos, ln, activation="gelu", xb=xbo, ref=dev(ref_t))
+    assert y.shape == (3, B * L, C_Y)
+    for i, (ci, co) in enumerate(widths):
+        assert torch.count_nonzero(y[i, :, co:]) == 0, "zero past the group's channels"
+    assert abs(part.sum().item() - rec_r) <= 1e-4 * max(1.0, rec_r)
+    grads = torch.autograd.grad((y * dev(dy)).sum(), [xo] + ([xbo] if with_xb else []) + wo + bo)
+    tol = dict(atol=2e-5, rtol=1e-5)
+    m = mask.reshape(1, B * L, 1).to(DEVICE)
+    torch.testing.assert_close(grads[0].double().cpu() * m.cpu(), grads_r[0].reshape(3, B * L, C_X) * m.cpu(), **tol)
+    if with_xb:
+        torch.testing.assert_close(grads[1].double().cpu() * m.cpu(), grads_r[1].reshape(3, B * L, C_B) * m.cpu(), **tol)
+    for o, r in zip(grads[1 + with_xb:], grads_r[1 + with_xb:]):
+        torch.testing.assert_close(o.double().cpu(), r, **tol)
+
+
 def test_clear_errors():
     x = torch.randn(4, 8, device=DEVICE)
     w, pos, ln = torch.randn(6, 8, 3, device=DEVICE), torch.zeros(4, dtype=torch.int32, device=DEVICE), \
@@ -126,16 +175,22 @@ def test_clear_errors():
 
 
 @pytest.mark.skipif(not _library._REGISTERED, reason=_library.REASON)
-@pytest.mark.parametrize("act, bias", [(1, True), (0, False)])
-def test_opcheck(act, bias):
+@pytest.mark.parametrize("act, bias, groups", [(1, True, False), (0, False, False), (1, True, True)])
+def test_opcheck(act, bias, groups):
     from tests.ops.test_library import OPCHECK_TESTS
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(10, 16, generator=g).to(DEVICE)
-    w = torch.randn(20, 16, 3, generator=g).to(DEVICE)
-    b = torch.randn(20, generator=g).to(DEVICE) if bias else None
     pos, ln = (t.to(DEVICE) for t in dialogue_rows(torch.tensor([5, 3]), 5))
-    torch.library.opcheck(torch.ops.cmath_fast.row_conv_fwd, (x, w, b, pos, ln, 1, act, True),
+    if groups:  # three groups of different widths, a second input, the reconstruction sums
+        x = torch.randn(3, 10, 16, generator=g).to(DEVICE)
+        xb = torch.randn(3, 10, 8, generator=g).to(DEVICE)
+        ws = [torch.randn(co, ci + 8, 3, generator=g).to(DEVICE) for ci, co in ((16, 20), (9, 12), (16, 4))]
+        ref = torch.randn(3, 10, 20, generator=g).to(DEVICE)
+    else:
+        x, xb, ref = torch.randn(1, 10, 16, generator=g).to(DEVICE), None, None
+        ws = [torch.randn(20, 16, 3, generator=g).to(DEVICE)]
+    bs = [torch.randn(w.shape[0], generator=g).to(DEVICE) for w in ws] if bias else None
+    torch.library.opcheck(torch.ops.cmath_fast.row_conv_fwd, (x, xb, ws, bs, pos, ln, 1, act, True, ref),
                           test_utils=OPCHECK_TESTS)
-    y, pre = torch.ops.cmath_fast.row_conv_fwd(x, w, b, pos, ln, 1, act, True)
+    y, pre, _ = torch.ops.cmath_fast.row_conv_fwd(x, xb, ws, bs, pos, ln, 1, act, True, ref)
     torch.library.opcheck(torch.ops.cmath_fast.row_conv_bwd,
-                          (torch.randn_like(y), x, w, pre, pos, ln, 1, act, bias, True), test_utils=OPCHECK_TESTS)
+                          (torch.randn_like(y), x, xb, ws, pre, pos, ln, 1, act, bias, True), test_utils=OPCHECK_TESTS)
