@@ -66,9 +66,9 @@ KEYS: Dict[str, List[str]] = {
     "cma_bwd_dq": ["Lq", "dh"],
     "cma_bwd_preprocess": ["Lq", "dh"],
     "vf_fwd": ["d_in", "d_z"],
-    "row_conv_fwd": ["C_in", "C_out", "K"],
-    "row_conv_bwd_dx": ["C_in", "C_out", "K"],
-    "row_conv_bwd_dw": ["C_in", "C_out", "K"],
+    "row_conv_fwd": ["CI0", "CI1", "CI2", "CO0", "CO1", "CO2", "C_B", "K"],
+    "row_conv_bwd_dx": ["CI0", "CI1", "CI2", "CO0", "CO1", "CO2", "C_B", "K"],
+    "row_conv_bwd_dw": ["CI0", "CI1", "CI2", "CO0", "CO1", "CO2", "C_B", "K"],
 }
 
 
