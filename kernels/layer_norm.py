@@ -32,7 +32,8 @@ def _blocks(D: int):
 
 @triton.jit(do_not_specialize=["R", "D"])
 def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, R, D, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """X, Y (C, R, D) contiguous; W, B (C, D); MEAN, RSTD (C, R) fp32."""
+    """X, Y (C, R, D) contiguous; W, B (C, D); MEAN, RSTD (C, R) fp32.
+    This program normalises BLOCK_R whole rows of stack program_id(1)."""
     c = tl.program_id(1)
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
@@ -95,7 +96,9 @@ def _ln_bwd_cols(DY, X, MEAN, RSTD, DW, DB, c, q, R, D, BLOCK_C: tl.constexpr, B
 @triton.jit(do_not_specialize=["R", "D", "n_row_blocks"])
 def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, DW, DB, R, D, n_row_blocks,
                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_RR: tl.constexpr):
-    """DY, X, DX (C, R, D) contiguous; W (C, D); MEAN, RSTD (C, R) fp32; DW, DB (C, D) fp32."""
+    """DY, X, DX (C, R, D) contiguous; W (C, D); MEAN, RSTD (C, R) fp32; DW, DB (C, D) fp32.
+    This program computes dx for BLOCK_R rows, or (past the row blocks) dw and db for BLOCK_C
+    columns, of stack program_id(1)."""
     c = tl.program_id(1)
     p = tl.program_id(0)
     if p < n_row_blocks:

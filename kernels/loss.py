@@ -103,7 +103,8 @@ def _loss_rows_kernel(Z, F, Y, VALID, CW, FINE, COARSE, KL, PART, N, K, D, inv_t
                       C: tl.constexpr, HAS_CW: tl.constexpr, HAS_KL: tl.constexpr, FEAT: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """Z (N, K), F (C, N, K), FINE (C, N, D), COARSE (N, D) contiguous, any float dtype; Y (N,)
-    int64; VALID (N,) uint8; CW (K,) fp32; KL (N,) fp32; PART (programs, 8) fp32."""
+    int64; VALID (N,) uint8; CW (K,) fp32; KL (N,) fp32; PART (programs, 8) fp32.
+    This program computes BLOCK_N rows' terms and writes their sums as its row of PART."""
     offs_n, n_ok, k_ok, m2, idx, is_y, z, m, w = _loss_tile(Z, Y, VALID, CW, N, K, HAS_CW, BLOCK_N, BLOCK_K)
     ce = -tl.sum(tl.where(is_y, _log_softmax(z, k_ok), 0.0), 1)
     log_pt = _log_softmax(z * inv_tau, k_ok)
@@ -183,7 +184,8 @@ def _loss_bwd_kernel(Z, F, Y, VALID, CW, FINE, COARSE, TERMS, GT, DZ, DF, DFINE,
                      NEED_KL: tl.constexpr, NEED_REC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      BLOCK_D: tl.constexpr):
     """TERMS (10,) the forward's terms; GT () d total; DZ (N, K), DF (C, N, K), DFINE (C, N, D)
-    contiguous in their inputs' dtypes; DKL (N,) fp32; DREC () fp32."""
+    contiguous in their inputs' dtypes; DKL (N,) fp32; DREC () fp32.
+    This program writes every gradient of BLOCK_N rows (and, program 0, d rec)."""
     offs_n, n_ok, k_ok, m2, idx, is_y, z, m, w = _loss_tile(Z, Y, VALID, CW, N, K, HAS_CW, BLOCK_N, BLOCK_K)
     g = tl.load(GT).to(tl.float32)
     beta = tl.load(TERMS + 6)

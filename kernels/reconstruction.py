@@ -31,7 +31,8 @@ def _standardise_kernel(X0, X1, X2, M0, M1, M2, SD0, SD1, SD2, SRC, OUT, POS, LE
                         N, S0, S1, S2, D0, D1, D2, C_X,
                         HAS_SRC: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """X_g (rows, D_g) with row stride S_g and unit feature stride; M_g, SD_g (D_g,); SRC (N,) int64
-    (the row of X_g each output row reads; the identity without it); OUT (G, N, C_X) contiguous."""
+    (the row of X_g each output row reads; the identity without it); OUT (G, N, C_X) contiguous.
+    This program writes a (BLOCK_M rows, BLOCK_D features) tile of group program_id(2)."""
     g = tl.program_id(2)
     X = _pick(g, X0, X1, X2, G)
     MEAN = _pick(g, M0, M1, M2, G)
@@ -56,7 +57,8 @@ def _standardise_kernel(X0, X1, X2, M0, M1, M2, SD0, SD1, SD2, SRC, OUT, POS, LE
 
 @triton.jit(do_not_specialize=["P", "N"])
 def _rec_total_kernel(PART, P, POS, LEN, N, REC, NV, BLOCK: tl.constexpr):
-    """PART (P,) fp32 partial sums; REC, NV () fp32: the loss and the valid row count."""
+    """PART (P,) fp32 partial sums; REC, NV () fp32: the loss and the valid row count. One program
+    (a fixed order: deterministic)."""
     acc = tl.zeros([BLOCK], tl.float32)
     for p0 in range(0, P, BLOCK):
         offs = p0 + tl.arange(0, BLOCK)
@@ -73,7 +75,8 @@ def _rec_total_kernel(PART, P, POS, LEN, N, REC, NV, BLOCK: tl.constexpr):
 @triton.jit(do_not_specialize=["N", "D0", "D1", "D2", "C_Y", "C_R"])
 def _rec_bwd_kernel(XHAT, REF, GREC, NV, DXHAT, POS, LEN, N, D0, D1, D2, C_Y, C_R,
                     G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """XHAT, DXHAT (G, N, C_Y), REF (G, N, C_R) contiguous; GREC, NV () fp32."""
+    """XHAT, DXHAT (G, N, C_Y), REF (G, N, C_R) contiguous; GREC, NV () fp32.
+    This program writes a (BLOCK_M rows, BLOCK_D features) tile of group program_id(2)."""
     g = tl.program_id(2)
     D = _pick(g, D0, D1, D2, G)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)

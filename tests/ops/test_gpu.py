@@ -146,3 +146,73 @@ def test_fused_loss_matches_the_reference_at_scale():
     for name, r in ref[2].items():
         if r is not None:
             torch.testing.assert_close(got[2][name].cpu(), r, atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_grouped_unets_match_the_reference_at_scale(packed, monkeypatch):
+    """The three U-Nets as grouped row kernels (standardisation, four grouped convolutions, L_rec
+    from the epilogue) against the reference modules' own forwards, iemocap widths at d 256 on the
+    R1 batch, fp32 without TF32: codes, L_rec and every encoder gradient."""
+    import dataclasses
+    import torch.nn.functional as F
+    from cmath_fast.bench.shapes import R1_LENGTHS
+    from cmath_fast.config import MODALITIES
+    from cmath_fast.impl.triton_impl import TritonImplementation
+    from cmath_fast.model import CMATH
+    from cmath_fast.packing import pack_rows
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(CMATHConfig.iemocap(), d_model=256, dropout=0.0)
+    model = CMATH(cfg, backend="torch").cuda()
+    lens = torch.tensor(R1_LENGTHS).cuda()
+    B, L = len(R1_LENGTHS), max(R1_LENGTHS)
+    mask = torch.arange(L, device="cuda")[None] < lens[:, None]
+    g = torch.Generator().manual_seed(1)
+    dims = cfg.feature_dims()
+    feats = {m: (torch.randn(B, L, dims[m], generator=g) * 2).cuda() * mask[..., None] for m in MODALITIES}
+    dz = torch.randn(3, B, L, cfg.d_model, generator=g).cuda() * mask[..., None]
+    encs = [model.encoders[m] for m in MODALITIES]
+    params = [p for e in encs for p in e.parameters()]
+    n = mask.sum()
+    rec_r, loss_r = 0.0, 0.0
+    for i, e in enumerate(encs):
+        z, x_hat, x_std = e(feats[MODALITIES[i]], mask)
+        rec_r = rec_r + F.mse_loss(x_hat, x_std, reduction="sum") / (n * x_std.shape[-1])
+        loss_r = loss_r + (z * dz[i]).sum()
+    grads_r = torch.autograd.grad(loss_r + rec_r, params)
+    rows = pack_rows(lens.cpu(), L).to("cuda") if packed else None
+    codes, rec = TritonImplementation().unets(encs, feats, rows.valid[None] if packed else mask, lens, rows)
+    z = codes.stacked
+    dz_o = torch.stack([rows.pack(d)[None] for d in dz]) if packed else dz
+    grads = torch.autograd.grad((z * dz_o).sum() + rec, params)
+    torch.testing.assert_close(rec, rec_r, atol=1e-5, rtol=1e-5)
+    for p_name, a, b in zip([n_ for e in encs for n_, _ in e.named_parameters()], grads, grads_r):
+        assert _max_err(a, b) <= 1e-4 * max(1.0, b.abs().max().item()), p_name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_stacked_layer_norm_error_at_most_twice_pytorch(dtype):
+    """The three centrals' norms at R1 x d 1024: output and every gradient within 2x PyTorch's own
+    LayerNorm error at the same dtype (against fp32)."""
+    import torch.nn.functional as F
+    from cmath_fast.ops.layer_norm import stacked_layer_norm_op
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 1760, 1024, generator=g) * 3 + 1).cuda()
+    w = (torch.randn(3, 1024, generator=g) * 0.2 + 1).cuda()
+    b = torch.randn(3, 1024, generator=g).cuda()
+    dy = torch.randn(3, 1760, 1024, generator=g).cuda()
+
+    def torch_ln(x, w, b):
+        return torch.stack([F.layer_norm(x[c], (1024,), w[c], b[c]) for c in range(3)])
+
+    def run(fn, dt):
+        leaves = [t.to(dt).requires_grad_() for t in (x, w, b)]
+        out = fn(*leaves) if fn is torch_ln else fn(*leaves, 1e-5)
+        return [out] + list(torch.autograd.grad(out, leaves, dy.to(dt)))
+    exact = run(torch_ln, torch.float32)
+    theirs, mine = run(torch_ln, dtype), run(stacked_layer_norm_op, dtype)
+    for i, name in enumerate(["y", "dx", "dw", "db"]):
+        e, t, o = exact[i], theirs[i], mine[i]
+        bound = 2 * _max_err(t, e) + 1e-5 * max(1.0, e.abs().max().item())
+        assert _max_err(o, e) <= bound, f"{name}: {_max_err(o, e):.3g} > 2 x PyTorch's {bound / 2:.3g}"
