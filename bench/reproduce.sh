@@ -4,8 +4,8 @@
 # quick (fits in about 8 minutes on an H100/H200, compiles included): the GPU tests, the first-step
 # JIT time per preset, one CMA layer's attention at R1-d1024 by every provider, the iemocap
 # training step and inference under bf16 autocast (eager, torch.compile reduce-overhead, ours
-# stepped eagerly, ours replayed from CUDA graphs), and an iemocap training epoch and evaluation
-# pass (eager, ours graphed). full: the GPU tests and the whole benchmark suite (no time limit).
+# stepped eagerly, ours replayed from CUDA graphs), an iemocap training epoch and evaluation
+# pass (eager, ours graphed), and the three U-Nets forward + backward (eager, ours). full: the GPU tests and the whole benchmark suite (no time limit).
 # tune: the autotune mode (CMATH_FAST_AUTOTUNE=1) on our attention, fusion and U-Net benchmark rows
 # (bf16, fwd+bwd, every shape); the winners, as rows of kernels/configs.py's per-GPU-family
 # tables, go to OUT_DIR/autotune-rows.txt and are printed last.
@@ -48,6 +48,8 @@ elif [ "$mode" = quick ]; then
     -k "R1-d1024 and fwd+bwd and bf16" 2>&1 | tee "$out/bench.log"
   timeout 200 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_model.py bench/test_epoch.py \
     -m quick 2>&1 | tee -a "$out/bench.log"
+  timeout 60 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_unet.py -k "unets and not compile" \
+    2>&1 | tee -a "$out/bench.log"
 else
   $py -m pytest -q -p no:cacheprovider tests -m cuda 2>&1 | tee "$out/gpu-tests.log"
   $py bench/first_step.py 2>&1 | tee "$out/first-step.txt"

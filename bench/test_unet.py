@@ -45,3 +45,59 @@ def test_unet_conv(record, record_kernels, name, c_in, c_out, k, provider):
     row = dict(op="unet_conv", shape=name, mode="fwd+bwd", dtype="bf16", provider=provider)
     record(run, row, flops=flops)
     record_kernels(run, row, flops=flops)
+
+
+@pytest.mark.parametrize("provider", ["eager", "compile", "triton"])
+def test_unets(record, record_kernels, provider):
+    """The three modalities' U-Nets as the model calls them, forward + backward with L_rec, bf16
+    weights, iemocap-d1024 on the R1 batch: ``eager`` (the reference modules, three U-Nets one
+    after another on the padded layout), ``compile`` (the same under torch.compile) and ``triton``
+    (``TritonImplementation.unets``: one grouped launch per layer for the three, on packed rows)."""
+    import torch.nn.functional as F
+    from cmath_fast.config import MODALITIES, CMATHConfig
+    from cmath_fast.impl.triton_impl import TritonImplementation
+    from cmath_fast.model import CMATH
+    from cmath_fast.packing import pack_rows
+    cfg = CMATHConfig.iemocap()
+    torch.manual_seed(0)
+    model = CMATH(cfg, backend="torch").cuda().to(torch.bfloat16).train()
+    encs = [model.encoders[m] for m in MODALITIES]
+    lens = torch.tensor(R1_LENGTHS, device="cuda")
+    B, L = len(R1_LENGTHS), max(R1_LENGTHS)
+    mask = torch.arange(L, device="cuda")[None] < lens[:, None]
+    dims = cfg.feature_dims()
+    g = torch.Generator().manual_seed(1)
+    feats = {m: (torch.randn(B, L, dims[m], generator=g).cuda() * mask[..., None]).to(torch.bfloat16)
+             for m in MODALITIES}
+    params = [p for e in encs for p in e.parameters()]
+
+    def reference():
+        n = mask.sum()
+        rec, codes = 0.0, []
+        for m, e in zip(MODALITIES, encs):
+            z, x_hat, x_std = e(feats[m], mask)
+            rec = rec + F.mse_loss(x_hat, x_std, reduction="sum") / (n * x_std.shape[-1])
+            codes.append(z)
+        return torch.stack(codes), rec
+
+    if provider == "triton":
+        rows = pack_rows(lens.cpu(), L).to("cuda")
+        impl = TritonImplementation()
+
+        def forward():
+            codes, rec = impl.unets(encs, feats, rows.valid[None], lens, rows)
+            return codes.stacked, rec
+        dz = torch.randn((3, 1, rows.n_rows, cfg.d_model), device="cuda", dtype=torch.bfloat16)
+    else:
+        forward = torch.compile(reference) if provider == "compile" else reference
+        dz = torch.randn((3, B, L, cfg.d_model), device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        z, rec = forward()
+        return torch.autograd.grad((z * dz).float().sum() + rec, params)
+    d, n_valid = cfg.d_model, sum(R1_LENGTHS)
+    per_row = sum(dims[m] * 2 * d * 3 + 2 * d * d * 3 + d * 2 * d * 3 + 4 * d * dims[m] for m in MODALITIES)
+    flops = 3 * 2.0 * n_valid * per_row  # forward and two backward GEMMs per layer, valid rows
+    row = dict(op="unets", shape="iemocap-d1024-R1", mode="fwd+bwd", dtype="bf16", provider=provider)
+    record(run, row, flops=flops)
+    record_kernels(run, row, flops=flops)
