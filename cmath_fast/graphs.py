@@ -124,9 +124,14 @@ class _Bucketed:
         if self.capture and not on_cuda:
             raise ValueError(f"capture=True needs the model on a CUDA device, not {self.device}")
         self.graphs: Dict[Tuple[int, ...], _Captured] = {}
-        packs = getattr(model, "packs", None)
-        self.packs = bool(packs()) if callable(packs) else False
         self._pool = None
+
+    @property
+    def packs(self) -> bool:
+        """Whether the model packs rows now (read per step: switching ``model.pack_rows`` takes
+        effect at the next step, in graphs of their own, since a layout's row count is in the key)."""
+        packs = getattr(self.model, "packs", None)
+        return bool(packs()) if callable(packs) else False
 
     def bucket(self, n_dialogues: int, max_len: int) -> Tuple[int, int]:
         return bucket_shape(n_dialogues, max_len, self.batch_size)

@@ -135,6 +135,24 @@ def test_graphed_predictor_without_capture_matches_the_unpadded_batch():
     torch.testing.assert_close(got[m], want[m], atol=2e-6, rtol=1e-5)
 
 
+@NEEDS_KERNELS
+def test_switching_row_packing_after_construction_takes_effect():
+    """The graphed classes read whether the model packs rows at every step, so a layout is built
+    only while it does (and the outputs agree either way)."""
+    cfg = CMATHConfig.tiny()
+    torch.manual_seed(0)
+    model = CMATH(cfg, backend="triton").eval()
+    b = _batch(cfg, [9, 4])
+    predictor = GraphedPredictor(model, batch_size=4, capture=False)
+    assert predictor._padded(b).rows is not None
+    packed = predictor(b)
+    model.pack_rows = False
+    assert predictor._padded(b).rows is None
+    padded = predictor(b)
+    m = b.labels >= 0
+    torch.testing.assert_close(padded[m], packed[m], atol=1e-5, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------- GPU
 cuda = pytest.mark.cuda
 
