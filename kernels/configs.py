@@ -15,7 +15,7 @@ kernels key on d_z (and d_in for the GEMM's K tile).
 from __future__ import annotations
 
 import functools
-from typing import Dict, Iterator, NamedTuple, Tuple
+from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -72,11 +72,12 @@ ATTENTION_BY_FAMILY: Dict[str, tuple] = {}
 
 
 @functools.lru_cache(maxsize=None)
-def gpu_family(index: int = 0) -> str:
-    """"sm90" for a compute capability 9.0 device (empty without CUDA)."""
+def gpu_family(index: Optional[int] = None) -> str:
+    """"sm90" for a compute capability 9.0 device (empty without CUDA); the current device by
+    default, the one Triton launches on."""
     if not torch.cuda.is_available():
         return ""
-    major, minor = torch.cuda.get_device_capability(index)
+    major, minor = torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)
     return f"sm{major}{minor}"
 
 
