@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._common import launch
-from .row_conv import _pick, _rows
+from .row_conv import _pick, _rows, _three
 
 BLOCK_M = 32
 BLOCK_D = 64
@@ -89,11 +89,6 @@ def _rec_bwd_kernel(XHAT, REF, GREC, NV, DXHAT, POS, LEN, N, D0, D1, D2, C_Y, C_
     d = tl.where(ok, (xh - ref) * coef, 0.0)
     tl.store(DXHAT + g * N * C_Y + offs_m[:, None] * C_Y + offs_d[None, :], d.to(DXHAT.dtype.element_ty),
              mask=(offs_m < N)[:, None] & (offs_d < C_Y)[None, :])
-
-
-def _three(vals):
-    vals = list(vals)
-    return vals + [vals[0]] * (3 - len(vals))
 
 
 def standardise_fwd(xs, means, stds, src, pos, lens, out_dtype):

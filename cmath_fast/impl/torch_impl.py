@@ -19,15 +19,8 @@ class TorchImplementation(Implementation):
 
     def encode(self, model, feats, speakers, mask, lengths, rows=None):
         cfg = model.cfg
-        n_valid = mask.sum().clamp_min(1).to(torch.float32)
-        codes, rec = {}, feats["t"].new_zeros(())
         with nvtx_range("reconstruction"):
-            layout = self.row_layout(mask, lengths, rows)
-            for m in MODALITIES:
-                z, x_hat, x_std = self.reconstruct(model.encoders[m], feats[m], mask, layout)
-                if x_hat is not None:
-                    rec = rec + F.mse_loss(x_hat, x_std, reduction="sum") / (n_valid * x_std.shape[-1])
-                codes[m] = z
+            codes, rec = self.reconstruction(model, feats, mask, lengths, rows)
         with nvtx_range("embed"):
             hidden = self.embed(model, codes, speakers, mask, feats["t"].dtype, rows)
             if cfg.aux_self_attention:
@@ -42,14 +35,17 @@ class TorchImplementation(Implementation):
         spk = model.speaker_embedding(spk)
         return {m: model.embed_dropout(z + pos + spk) for m, z in codes.items()}
 
-    def row_layout(self, mask, lengths, rows=None):
-        """What ``reconstruct`` needs besides the mask, computed once for the three modalities
-        (the reference needs nothing)."""
-        return None
-
-    def reconstruct(self, encoder, x, mask, rows=None):
-        """One modality's U-Net (or projection): (Z_m, X_hat_m or None, standardised X_m)."""
-        return encoder(x, mask)
+    def reconstruction(self, model, feats, mask, lengths, rows=None):
+        """Each modality's U-Net (or projection), the reference modules' own forwards:
+        ({m: Z_m}, L_rec)."""
+        n_valid = mask.sum().clamp_min(1).to(torch.float32)
+        codes, rec = {}, feats["t"].new_zeros(())
+        for m in MODALITIES:
+            z, x_hat, x_std = model.encoders[m](feats[m], mask)
+            if x_hat is not None:
+                rec = rec + F.mse_loss(x_hat, x_std, reduction="sum") / (n_valid * x_std.shape[-1])
+            codes[m] = z
+        return codes, rec
 
     def self_attention(self, layers, hidden: Dict[str, torch.Tensor], lengths, rows=None) -> Dict[str, torch.Tensor]:
         """The auxiliary streams' own 1-layer self-attention (``aux_self_attention``)."""

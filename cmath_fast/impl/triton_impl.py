@@ -30,7 +30,6 @@ from ..ops.cross_modal_attention import MAX_HEAD_DIM
 from ..ops.loss import cmath_loss_fused
 from ..ops.reconstruction import reconstruction_loss, standardise_rows
 from ..ops.row_conv import dialogue_rows, row_conv_groups
-from ..profiling import nvtx_range
 from ..reference.layers import CMALayer, ModalityProjection, sinusoidal_positions, stream_order
 from .batched import batched_linear, dropout, kv_projection, stacked_layer_norm
 from .torch_impl import TorchImplementation
@@ -113,6 +112,7 @@ class TritonImplementation(TorchImplementation):
         return reasons
 
     def row_layout(self, mask, lengths, rows=None):
+        """Each row's position in its dialogue and that dialogue's length, (N,) int32 each."""
         if rows is not None:
             return rows.pos, rows.lens
         return dialogue_rows(lengths, mask.shape[1])
@@ -131,21 +131,15 @@ class TritonImplementation(TorchImplementation):
         h = dropout(stack_values(codes) + base, model.embed_dropout)
         return _stacked_dict(names, h)
 
-    def encode(self, model, feats, speakers, mask, lengths, rows=None):
-        """The three U-Nets at once (``unets``), then the embeddings. ``feats`` are padded (B, L,
-        D_m) in either layout: with packed rows the standardisation gathers the valid rows."""
+    def reconstruction(self, model, feats, mask, lengths, rows=None):
+        """The three U-Nets at once (``unets``). ``feats`` are padded (B, L, D_m) in either layout:
+        with packed rows the standardisation gathers the valid rows."""
         encs = [model.encoders[m] for m in MODALITIES]
         if any(isinstance(e, ModalityProjection) for e in encs):  # the ablation without U-Nets
             if rows is not None:
                 feats = {m: rows.pack(x)[None] for m, x in feats.items()}
-            return super().encode(model, feats, speakers, mask, lengths, rows)
-        with nvtx_range("reconstruction"):
-            codes, rec = self.unets(encs, feats, mask, lengths, rows)
-        with nvtx_range("embed"):
-            hidden = self.embed(model, codes, speakers, mask, feats["t"].dtype, rows)
-            if model.cfg.aux_self_attention:
-                hidden = self.self_attention(model.aux_encoders, hidden, lengths, rows)
-        return hidden, rec
+            return super().reconstruction(model, feats, mask, lengths, rows)
+        return self.unets(encs, feats, mask, lengths, rows)
 
     def unets(self, encs, feats, mask, lengths, rows=None):
         """The reference U-Nets' math for the three modalities on rows: each layer one
@@ -153,6 +147,8 @@ class TritonImplementation(TorchImplementation):
         skip connection read as the last layer's second input (no concatenation), the input
         standardisation and packing one launch, L_rec from the last layer's epilogue and one
         launch. -> ({m: Z_m}, L_rec)."""
+        if len({e.skip for e in encs}) != 1:
+            raise ValueError("the fused U-Nets need one skip setting for the three modalities")
         pos, lens = self.row_layout(mask, lengths, rows)
         xs = [feats[m].reshape(-1, feats[m].shape[-1]) for m in MODALITIES]
         x_std = standardise_rows(xs, [e.feat_mean for e in encs], [e.feat_std for e in encs], pos, lens,
@@ -168,8 +164,6 @@ class TritonImplementation(TorchImplementation):
             torch.stack([dropout(s, e.dropout) for s, e in zip(skip, encs)])
         z = conv("enc2", h, "gelu")
         u = conv("dec1", z, "gelu")
-        if len({e.skip for e in encs}) != 1:
-            raise ValueError("the fused U-Nets need one skip setting for the three modalities")
         x_hat, part = conv("dec2", u, None, xb=skip if encs[0].skip else None, ref=x_std)
         rec = reconstruction_loss(x_hat, x_std, part, pos, lens, [x.shape[-1] for x in xs])
         codes = z.view((len(encs),) + tuple(mask.shape) + (z.shape[-1],))
