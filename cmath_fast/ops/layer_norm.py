@@ -25,20 +25,18 @@ class StackedLayerNormFunction(torch.autograd.Function):
         x3 = x.reshape(shape[0], -1, shape[-1])
         y, mean, rstd = op("layer_norm_fwd")(x3, w, b, eps, out_dtype)
         ctx.save_for_backward(x3, w, mean, rstd)
-        ctx.meta = (shape, len(params) // 2, [p.dtype for p in params], w.dtype, b.dtype)
+        ctx.meta = (shape, len(params) // 2, w.dtype, b.dtype)  # tied params: slices of w and b, same dtypes
         return y.view(shape)
 
     @staticmethod
     def backward(ctx, dy):
         x3, w, mean, rstd = ctx.saved_tensors
-        shape, n, dtypes, w_dtype, b_dtype = ctx.meta
+        shape, n, w_dtype, b_dtype = ctx.meta
         with nvtx_range("op/layer_norm", "bwd"):
             dx, dw, db = op("layer_norm_bwd")(dy.reshape(x3.shape).to(x3.dtype).contiguous(), x3, w, mean, rstd)
         dx = dx.view(shape)
         if n:
-            dws = [g.to(t) for g, t in zip(dw.unbind(0), dtypes[:n])]
-            dbs = [g.to(t) for g, t in zip(db.unbind(0), dtypes[n:])]
-            return (dx, None, None, None, *dws, *dbs)
+            return (dx, None, None, None, *dw.to(w_dtype).unbind(0), *db.to(b_dtype).unbind(0))
         return dx, dw.to(w_dtype), db.to(b_dtype), None
 
 
