@@ -10,7 +10,7 @@ from typing import List, Tuple
 
 import torch
 
-from .backend import ENV_VAR, requested_backend, resolve_backend, triton_status
+from .backend import ENV_VAR, device_rules, requested_backend, resolve_backend, triton_status
 
 
 def _version(module: str) -> str:
@@ -30,12 +30,13 @@ def report() -> List[Tuple[str, str]]:
         ("cuda (torch built with)", str(torch.version.cuda)),
         ("cuda available", str(torch.cuda.is_available())),
     ]
-    if torch.cuda.is_available():
-        idx = torch.cuda.current_device()
-        cap = torch.cuda.get_device_capability(idx)
-        rows.append(("gpu", f"{torch.cuda.get_device_name(idx)} (sm_{cap[0]}{cap[1]})"))
-    else:
-        rows.append(("gpu", "none"))
+    rules = device_rules()
+    rows.append(("gpu", rules.describe() if rules.platform != "cpu" else "none"))
+    if rules.platform != "cpu":
+        rows.append(("fused kernels here", ("tested: " if rules.kernels_tested else "untested: ")
+                     + rules.kernels_reason))
+        rows.append(("bf16", "native" if rules.bf16 else "not native"))
+    rows.append(("precision auto ->", f"{rules.precision} ({rules.precision_reason})"))
     rows.append(("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "0")))
     ok, why = triton_status()
     rows.append(("backend torch", "available: pure PyTorch reference"))

@@ -16,13 +16,19 @@ PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
 
 
 def default_precision(device: str) -> str:
-    """bf16-mixed on CUDA, fp32 elsewhere."""
-    return "bf16-mixed" if str(device).startswith("cuda") else "fp32"
+    """What ``--precision auto`` picks (``backend.device_rules``): bf16-mixed on a GPU with native
+    bf16, fp16-mixed on one without (below compute capability 8.0), fp32 on the CPU."""
+    from .backend import device_rules
+    return device_rules(device).precision
 
 
-def check_precision(precision: str) -> None:
+def check_precision(precision: str, device=None) -> None:
+    """A known mode, and (given a device) one the device runs natively."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision: expected one of {PRECISIONS}, got {precision!r}")
+    if device is not None:
+        from .backend import check_device_precision
+        check_device_precision(precision, device)
 
 
 def autocast_context(precision: str, device_type: str, cache: bool = True):

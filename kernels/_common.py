@@ -74,18 +74,54 @@ def remove_launch_listener(fn: Callable[[str, bool], None]) -> None:
     _LAUNCH_LISTENERS.remove(fn)
 
 
-def launch(kernel, grid, *args, **kwargs):
-    """``kernel[grid](*args, **kwargs)``, announced to the launch listeners."""
-    if not _LAUNCH_LISTENERS:
-        return kernel[grid](*args, **kwargs)
+class KernelResourceError(RuntimeError):
+    """A kernel's tile needs more shared memory or registers than the GPU it was launched on has.
+    ``kernel``: the kernel's name; ``tile``: its block sizes, warps and stages; ``arch``: sm_XY."""
+
+    def __init__(self, kernel: str, tile: str, arch: str, resource: str, required, limit):
+        self.kernel, self.tile, self.arch = kernel, tile, arch
+        super().__init__(f"kernel {kernel} (tile {tile}) needs {required} of {resource} but {arch} allows "
+                         f"{limit}: choose tiles that fit with the autotune mode (CMATH_FAST_AUTOTUNE=1), "
+                         f"whose winners go in a per-family row of kernels/configs.py")
+
+
+def _kernel_name(kernel) -> str:
     inner = kernel
     while hasattr(inner, "fn"):  # an autotuner wraps a JITFunction, which wraps the function
         inner = inner.fn
-    name = getattr(inner, "__name__", str(kernel))
+    return getattr(inner, "__name__", str(kernel))
+
+
+def _arch() -> str:
+    if not torch.cuda.is_available():
+        return "this device"
+    major, minor = torch.cuda.get_device_capability()
+    return f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+
+
+def _launch(kernel, grid, args, kwargs):
+    try:
+        return kernel[grid](*args, **kwargs)
+    except Exception as exc:
+        # Triton's OutOfResources is an Exception, not a RuntimeError: one that names the kernel,
+        # its tile and the device replaces it (its module moved between Triton versions: by name)
+        if type(exc).__name__ != "OutOfResources":
+            raise
+        tile = ", ".join(f"{k} {v}" for k, v in kwargs.items() if k.startswith("BLOCK") or k.startswith("num_"))
+        raise KernelResourceError(_kernel_name(kernel), tile, _arch(), getattr(exc, "name", "resources"),
+                                  getattr(exc, "required", "?"), getattr(exc, "limit", "?")) from exc
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``, announced to the launch listeners; a tile that does not
+    fit the device raises ``KernelResourceError``."""
+    if not _LAUNCH_LISTENERS:
+        return _launch(kernel, grid, args, kwargs)
+    name = _kernel_name(kernel)
     for fn in _LAUNCH_LISTENERS:
         fn(name, True)
     try:
-        return kernel[grid](*args, **kwargs)
+        return _launch(kernel, grid, args, kwargs)
     finally:
         for fn in _LAUNCH_LISTENERS:
             fn(name, False)

@@ -71,14 +71,43 @@ ATTENTION = (
 ATTENTION_BY_FAMILY: Dict[str, tuple] = {}
 
 
+# The GPU families the tables and the ahead-of-time tests know, with their per-block opt-in shared
+# memory (bytes). Every other NVIDIA architecture maps to the nearest of them (``family_of``).
+FAMILY_SHARED_MEMORY = {"sm80": 166_912, "sm86": 101_376, "sm90": 232_448, "sm100": 232_448}
+
+
+def family_of(major: int, minor: int) -> str:
+    """The family whose rules an NVIDIA compute capability takes: sm_87 (Jetson Orin) -> "sm80"
+    (A100's shared memory); sm_89 (RTX 40xx, L4, L40S) and sm_120 (RTX 50xx) -> "sm86" (the RTX
+    cards' 101,376 bytes, mma.sync); sm_90 -> "sm90"; sm_100/103 -> "sm100". Below 8.0 (Triton's
+    NVIDIA floor) no family has rules: "sm75" and the like, which take the generic rows."""
+    cc = 10 * major + minor
+    if cc >= 120:
+        return "sm86"
+    if cc >= 100:
+        return "sm100"
+    if cc >= 90:
+        return "sm90"
+    if cc >= 86 and cc != 87:
+        return "sm86"
+    if cc >= 80:
+        return "sm80"
+    return f"sm{major}{minor}"
+
+
 @functools.lru_cache(maxsize=None)
+def _family(index: int) -> str:
+    if getattr(torch.version, "hip", None):  # a gfx version is no NVIDIA compute capability
+        return ""
+    return family_of(*torch.cuda.get_device_capability(index))
+
+
 def gpu_family(index: Optional[int] = None) -> str:
-    """"sm90" for a compute capability 9.0 device (empty without CUDA); the current device by
-    default, the one Triton launches on."""
+    """The family of a CUDA device (``family_of``): the current device by default, the one Triton
+    launches on. Empty without CUDA and on ROCm."""
     if not torch.cuda.is_available():
         return ""
-    major, minor = torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)
-    return f"sm{major}{minor}"
+    return _family(torch.cuda.current_device() if index is None else index)
 
 
 # kernel, d_z bucket (BLOCK_Z), d_in bucket (BLOCK_K), dtype -> Tile (block_m = BLOCK_N rows,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 from . import bench, data, env, train
@@ -33,12 +34,30 @@ def _resume_hint(args) -> str:
             f"cmath-fast {' '.join(argv)} --resume")
 
 
+def _kernel_hint(exc) -> str:
+    """For a kernel that does not fit the GPU: the switch that runs everything else fused."""
+    from ..components import component_of_kernel, without
+    component = component_of_kernel(getattr(exc, "kernel", ""))
+    return f"; or run without the fused {component}: {without(component)}" if component else ""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"cmath-fast: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a command. Errors are one line on stderr: exit 2 for a user error (bad input, bad
     file, bad setting), 1 for a run that failed (a non-finite loss, out of memory), 130 on Ctrl-C.
     ``--debug`` or CMATH_FAST_DEBUG=1 shows the traceback instead."""
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("CMATH_FAST_DEBUG", "0") == "1"
+    with warnings.catch_warnings():
+        if not debug:  # a warning is one line too
+            warnings.showwarning = _show_warning
+        return _run(args, debug)
+
+
+def _run(args, debug: bool) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -56,12 +75,32 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"cmath-fast {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except (CLIError, ValueError, TypeError, OSError, RuntimeError, KeyError, IndexError) as exc:
+    except RuntimeError as exc:
         if debug:
             raise
+        if not hasattr(exc, "kernel"):  # a KernelResourceError names its kernel
+            return _user_error(args, exc)
+        print(f"cmath-fast {args.command}: error: {exc}{_kernel_hint(exc)}", file=sys.stderr)
+        return 1
+    except (CLIError, ValueError, TypeError, OSError, KeyError, IndexError) as exc:
+        if debug:
+            raise
+        return _user_error(args, exc)
+    except Exception as exc:
+        # Triton's own errors (a compile that fails on this GPU, a resource it lacks) are Exceptions
+        # of its own: one line, the traceback behind --debug
+        if debug or not type(exc).__module__.startswith("triton"):
+            raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"cmath-fast {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        print(f"cmath-fast {args.command}: error: Triton {type(exc).__name__}: {msg} (--debug shows the "
+              f"traceback; `cmath-fast doctor` checks every fused component on this device)", file=sys.stderr)
+        return 1
+
+
+def _user_error(args, exc) -> int:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(f"cmath-fast {args.command}: error: {msg}", file=sys.stderr)
+    return 2
 
 
 __all__ = ["CLIError", "build_parser", "main"]

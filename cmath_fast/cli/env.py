@@ -51,10 +51,13 @@ def cmd_warmup(args) -> int:
     length bucket (16, 32, 64, 128) on random batches."""
     from ..ops import LENGTH_BUCKETS
     from ..model import CMATH
-    from ..step import autocast_context, train_step, weight_dtype
+    from ..step import autocast_context, check_precision, default_precision, train_step, weight_dtype
     from .common import CLIError
     if not torch.cuda.is_available():
         raise CLIError("warmup fills the GPU kernel cache: no CUDA device here")
+    if args.precision == "auto":
+        args.precision = default_precision(args.device)
+    check_precision(args.precision, args.device)
     cfg = CMATHConfig.preset(args.preset)
     torch.manual_seed(0)
     model = CMATH(cfg, backend="triton").to(device=args.device, dtype=weight_dtype(args.precision))
@@ -92,6 +95,8 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("warmup", help="compile a preset's GPU kernels ahead of a run (Triton's disk cache)")
     s.add_argument("--preset", default="iemocap", choices=["tiny", "iemocap", "meld"])
-    s.add_argument("--precision", default="bf16-mixed", choices=["fp32", "bf16-mixed", "fp16-mixed", "bf16"])
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16"],
+                   help="the precision mode to compile for (default auto: bf16-mixed where the GPU has native "
+                        "bf16, fp16-mixed below compute capability 8.0)")
     s.add_argument("--device", default="cuda")
     s.set_defaults(func=cmd_warmup)

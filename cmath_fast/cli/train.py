@@ -22,6 +22,13 @@ def parse_sets(items) -> dict:
     return out
 
 
+def _precision_note(opts) -> str:
+    if opts.precision != "auto" or not opts.device.startswith("cuda"):
+        return ""
+    from ..backend import device_rules
+    return f" (auto: {device_rules(opts.device).precision_reason})"
+
+
 def cmd_train(args) -> int:
     import os
     from ..training import TrainOptions, apply_protocol, config_for_data, protocol_label, train
@@ -53,7 +60,7 @@ def cmd_train(args) -> int:
     print(f"model: preset {cfg.name}, d_model {cfg.d_model}, centrals {','.join(cfg.centrals)}, "
           f"cross_gate {cfg.cross_gate}, fusion {cfg.fusion}; epochs {opts.epochs}, batch "
           f"{opts.batch_size}, lr {opts.lr}, clip-grad-norm {opts.max_grad_norm or 'off'}, precision "
-          f"{opts.resolved_precision()}; {label}")
+          f"{opts.resolved_precision()}{_precision_note(opts)}; {label}")
     t0 = time.perf_counter()
     result = train(cfg, data, opts, args.out, seeds=args.seeds)
     dt = time.perf_counter() - t0

@@ -22,7 +22,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
-    precision: str = "auto"  # fp32 | bf16-mixed | fp16-mixed | bf16; auto: bf16-mixed on CUDA, else fp32
+    precision: str = "auto"  # fp32 | bf16-mixed | fp16-mixed | bf16; auto: backend.device_rules
     resume: bool = False
     override: bool = False  # with resume: continue although settings differ (recorded in the folder)
     progress: bool = True
@@ -50,9 +50,6 @@ class TrainOptions:
             raise ValueError(f"--lr: expected > 0, got {self.lr}")
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise ValueError(f"--clip-grad-norm: expected >= 0 (0 = off), got {self.max_grad_norm}")
-        if self.precision != "auto":
-            from ..step import check_precision
-            check_precision(self.precision)
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"--on-nonfinite: expected 'stop' or 'skip', got {self.on_nonfinite!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)):
@@ -64,5 +61,8 @@ class TrainOptions:
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {self.device}: CUDA is not available here (torch "
                                  f"{torch.__version__}); use --device cpu")
+        if self.precision != "auto":
+            from ..step import check_precision
+            check_precision(self.precision, self.device)
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"--valid-fraction: expected a fraction in (0, 1), got {self.valid_fraction}")
