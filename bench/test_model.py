@@ -2,7 +2,9 @@
 eager reference, torch.compile of the reference (default and reduce-overhead modes), fused
 (triton), fused under torch.compile, fused replayed from CUDA graphs (what the trainer runs on
 CUDA); with bf16 weights and under bf16 autocast (fp32 weights). Every provider uses the same
-optimiser, the trainer's on CUDA: Adam(fused=True, capturable=True)."""
+optimiser, the trainer's on CUDA: Adam(fused=True, capturable=True). The fused providers run the
+components that CMATH_FAST_FUSED names (default all; cmath_fast.components), and their rows say
+which: one run per set shows what each fused component buys."""
 
 import pytest
 import torch
@@ -86,5 +88,7 @@ def test_model_step(record, shape_name, step, provider, precision):
     train = step == "cmath_train_step"
     flops, nbytes, serial = model_step_work(sum(p.numel() for p in model.parameters()), shape.lengths, train,
                                             weight_bytes=weight_dtype(precision).itemsize)
+    if model.backend == "triton" and model.fused != "all":  # CMATH_FAST_FUSED: what each component buys
+        provider = f"{provider}[fused={model.fused}]"
     record(run, dict(op=step, shape=shape_name, mode="fwd+bwd" if train else "fwd",
                      dtype=precision, provider=provider), flops=flops, nbytes=nbytes, serial_bytes=serial)

@@ -67,12 +67,13 @@ def parse_fused(value: Union[str, Iterable[str], None], source: str = "fused") -
     return frozenset(names)
 
 
-def resolve_fused(fused=None) -> FrozenSet[str]:
-    """The components to run fused: ``CMATH_FAST_FUSED`` when set, else ``fused`` (default all)."""
+def resolve_fused(fused=None, source: str = "fused") -> FrozenSet[str]:
+    """The components to run fused: ``CMATH_FAST_FUSED`` when set, else ``fused`` (default all;
+    ``source`` names it in an error)."""
     env = os.environ.get(ENV_VAR)
     if env is not None:
         return parse_fused(env, f"environment variable {ENV_VAR}")
-    return parse_fused(fused)
+    return parse_fused(fused, source)
 
 
 def format_fused(components: Iterable[str]) -> str:

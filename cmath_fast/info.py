@@ -53,6 +53,12 @@ def report() -> List[Tuple[str, str]]:
         rows.append(("backend auto ->", f"{chosen} ({reason})"))
     except Exception as exc:
         rows.append(("backend auto ->", f"error: {exc}"))
+    try:
+        from .components import ENV_VAR as FUSED_VAR, format_fused, resolve_fused
+        rows.append(("fused components", format_fused(resolve_fused()) + (f" ({FUSED_VAR})" if os.environ.get(FUSED_VAR)
+                                                                           is not None else "")))
+    except ValueError as exc:
+        rows.append(("fused components", f"invalid: {exc}"))
     env = os.environ.get(ENV_VAR)
     if env:
         try:

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ._checks import _compiling, check_index_range, check_lengths, check_tensor
 from .backend import resolve_backend
+from .components import format_fused, resolve_fused
 from .config import MODALITIES, MODALITY_NAMES, CMATHConfig
 from .impl import get_implementation
 from .losses import beta_at
@@ -115,15 +116,19 @@ class CMATH(nn.Module):
     ``CMATH(CMATHConfig.iemocap(), backend="auto")(text, audio, visual, speakers, lengths)``.
     backend: "torch" (pure PyTorch), "triton" (fused kernels), "auto" (triton where it can run,
     else torch); the environment variable ``CMATH_FAST_BACKEND`` overrides it. The state_dict is
-    the same whatever the backend, so checkpoints move between them.
+    the same whatever the backend, so checkpoints move between them. ``fused``: which of the triton
+    backend's components run fused (``cmath_fast.components``: a subset of attention, fusion,
+    unets, norms, loss, packing, as names or a comma-separated string; default all; the
+    environment variable ``CMATH_FAST_FUSED`` overrides it); the others run the reference's code.
     """
 
-    def __init__(self, cfg: CMATHConfig, backend: str = "auto", pack_rows: bool = True):
+    def __init__(self, cfg: CMATHConfig, backend: str = "auto", pack_rows: bool = True, fused=None):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
         self.backend, self.backend_reason = resolve_backend(backend)
-        self.impl = get_implementation(self.backend, cfg)
+        self.impl = get_implementation(self.backend, cfg,
+                                       resolve_fused(fused) if self.backend == "triton" else None)
         # Packed rows (cmath_fast.packing) where the implementation supports them (the fused one).
         self.pack_rows = bool(pack_rows)
         d = cfg.d_model
@@ -264,8 +269,13 @@ class CMATH(nn.Module):
         with nvtx_range("loss"):
             return self.impl.loss(self.cfg, out, labels, self.class_weights, epoch, beta)
 
+    @property
+    def fused(self) -> str:
+        """The components that run fused, as ``--fused`` takes them ("all", "none", or a list)."""
+        return format_fused(self.impl.fused)
+
     def extra_repr(self) -> str:
-        return f"backend={self.backend!r}"
+        return f"backend={self.backend!r}, fused={self.fused!r}"
 
 
 __all__ = ["CMATH", "CMATHConfig", "CMATHOutput", "PackedCMATHOutput"]

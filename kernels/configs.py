@@ -64,11 +64,24 @@ ATTENTION = (
     ("cma_dropout_mask", ANY, ANY, ANY, Tile(32, 32, 0, 4, 1)),
 )
 
-# Rows for one GPU family ("sm90", "sm100", ...), in ATTENTION's format, consulted before
-# ATTENTION on a device of that family: the winners a CMATH_FAST_AUTOTUNE=1 run prints
-# (kernels/autotune.py) go here once measured. None has been measured yet, so every family
-# takes the rows above.
-ATTENTION_BY_FAMILY: Dict[str, tuple] = {}
+# Rows for one GPU family ("sm80", "sm86", "sm90", "sm100"; ``family_of``), in ATTENTION's format,
+# consulted before ATTENTION on a device of that family: where a generic row spills registers
+# there (the ahead-of-time test compiles every launcher tile for every family), and the winners a
+# CMATH_FAST_AUTOTUNE=1 run prints (kernels/autotune.py) once measured. Ampere and Ada's mma.sync
+# keeps more in registers than Hopper's wgmma: 64 x 64 tiles at head dim 128 (forward) and 64
+# (backward) spill there, 32 x 64 with 8 warps do not (ptxas, sm_80/86/89/100/120).
+_NARROW = (
+    ("cma_fwd", 64, 128, ANY, Tile(32, 64, 0, 8, 2)),
+    ("cma_fwd", 128, 128, ANY, Tile(32, 64, 0, 8, 2)),
+)
+_AMPERE = _NARROW + tuple((kernel, bucket, 64, ANY, Tile(32, 64, 0, 8, 2))
+                          for kernel in ("cma_bwd_dkdv", "cma_bwd_dq") for bucket in (64, 128))
+ATTENTION_BY_FAMILY: Dict[str, tuple] = {
+    # sm_80 only: dQ's 32 x 32 tile at head dim 32 spills 8 bytes with 4 warps
+    "sm80": _AMPERE + (("cma_bwd_dq", 32, 32, ANY, Tile(32, 32, 0, 8, 2)),),
+    "sm86": _AMPERE,
+    "sm100": _NARROW,
+}
 
 
 # The GPU families the tables and the ahead-of-time tests know, with their per-block opt-in shared
@@ -128,8 +141,10 @@ ROW_CONV = (
 )
 
 # Rows for one GPU family in FUSION's and ROW_CONV's formats, consulted before those tables there
-# (see ATTENTION_BY_FAMILY). None measured yet.
-FUSION_BY_FAMILY: Dict[str, tuple] = {}
+# (see ATTENTION_BY_FAMILY): the fusion GEMM's 64-row tile at d_z and d_in buckets 64 spills with
+# mma.sync; 32 rows do not.
+FUSION_BY_FAMILY: Dict[str, tuple] = {family: (("vf_fwd", 64, 64, ANY, Tile(32, 0, 0, 8, 3)),)
+                                      for family in ("sm80", "sm86")}
 ROW_CONV_BY_FAMILY: Dict[str, tuple] = {}
 
 INTERPRETER = Tile(16, 16, 16, 1, 1)
@@ -153,13 +168,17 @@ def _lookup(table, kernel: str, key1, key2, dtype: str) -> Tile:
     raise KeyError(f"no launch config for {kernel} at {key1}, {key2}, {dtype}")
 
 
+def attention_tile_for(kernel: str, bucket: int, block_d: int, dtype: str, family: str) -> Tile:
+    """The tile ``attention_tile`` chooses on a GPU of ``family`` for a length bucket."""
+    return _lookup(ATTENTION_BY_FAMILY.get(family, ()) + ATTENTION, kernel, bucket, block_d, dtype)
+
+
 def attention_tile(kernel: str, length: int, block_d: int, dtype: torch.dtype, gpu: bool = None) -> Tile:
     """The tile of an attention kernel ("cma_fwd", "cma_bwd_dkdv", "cma_bwd_dq", "cma_bwd_preprocess",
     "cma_dropout_mask") for a padded query length, a padded head dim and the input dtype."""
     if not (gpu if gpu is not None else not interpreting()):
         return INTERPRETER
-    table = ATTENTION_BY_FAMILY.get(gpu_family(), ()) + ATTENTION
-    return _lookup(table, kernel, length_bucket(length), block_d, dtype_name(dtype))
+    return attention_tile_for(kernel, length_bucket(length), block_d, dtype_name(dtype), gpu_family())
 
 
 def fusion_z_bucket(d_z: int) -> int:
@@ -180,22 +199,25 @@ def fusion_tile(kernel: str, d_z: int, d_in: int, dtype: torch.dtype, gpu: bool 
     return tile._replace(block_n=bz, block_k=bk if kernel == "vf_fwd" else 0)
 
 
-def all_attention_tiles() -> Iterator[Tuple[str, int, int, str, Tile]]:
-    """Every (kernel, bucket, block_d, dtype, tile) a launcher can choose on a GPU."""
+def all_attention_tiles(family: str = "") -> Iterator[Tuple[str, int, int, str, Tile]]:
+    """Every (kernel, bucket, block_d, dtype, tile) a launcher can choose on a GPU of ``family``
+    (its rows first; "" for the generic rows alone)."""
+    table = ATTENTION_BY_FAMILY.get(family, ()) + ATTENTION
     for kernel in ("cma_fwd", "cma_bwd_dkdv", "cma_bwd_dq", "cma_bwd_preprocess"):
         for bucket in LENGTH_BUCKETS:
             for bd in BLOCK_DS:
                 for dt in DTYPES:
-                    yield kernel, bucket, bd, dt, _lookup(ATTENTION, kernel, bucket, bd, dt)
+                    yield kernel, bucket, bd, dt, _lookup(table, kernel, bucket, bd, dt)
 
 
-def all_fusion_tiles() -> Iterator[Tuple[str, int, int, str, Tile]]:
-    """Every (kernel, BLOCK_Z, BLOCK_K, dtype, tile) a launcher can choose on a GPU."""
+def all_fusion_tiles(family: str = "") -> Iterator[Tuple[str, int, int, str, Tile]]:
+    """Every (kernel, BLOCK_Z, BLOCK_K, dtype, tile) a launcher can choose on a GPU of ``family``."""
+    table = FUSION_BY_FAMILY.get(family, ()) + FUSION
     for kernel in ("vf_fwd", "vf_elementwise"):
         for bz in FUSION_Z_BUCKETS:
             for bk in (FUSION_K_BUCKETS if kernel == "vf_fwd" else (16,)):
                 for dt in DTYPES:
-                    tile = _lookup(FUSION, kernel, bz, bk, dt)
+                    tile = _lookup(table, kernel, bz, bk, dt)
                     yield kernel, bz, bk, dt, tile._replace(block_n=bz,
                                                             block_k=bk if kernel == "vf_fwd" else 0)
 
@@ -207,8 +229,9 @@ def row_conv_tile(kernel: str, dtype: torch.dtype, gpu: bool = None) -> Tile:
     return _lookup(ROW_CONV_BY_FAMILY.get(gpu_family(), ()) + ROW_CONV, kernel, ANY, ANY, dtype_name(dtype))
 
 
-def all_row_conv_tiles() -> Iterator[Tuple[str, str, Tile]]:
-    """Every (kernel, dtype, tile) a row-convolution launcher can choose on a GPU."""
+def all_row_conv_tiles(family: str = "") -> Iterator[Tuple[str, str, Tile]]:
+    """Every (kernel, dtype, tile) a row-convolution launcher can choose on a GPU of ``family``."""
+    table = ROW_CONV_BY_FAMILY.get(family, ()) + ROW_CONV
     for kernel in ("fwd", "bwd_dx", "bwd_dw"):
         for dt in DTYPES:
-            yield kernel, dt, _lookup(ROW_CONV, kernel, ANY, ANY, dt)
+            yield kernel, dt, _lookup(table, kernel, ANY, ANY, dt)

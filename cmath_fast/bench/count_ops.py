@@ -92,15 +92,17 @@ class OpCounter(TorchDispatchMode):
         return super().__exit__(*exc)
 
 
-def count_training_step(cfg, backend: str, lengths=(7, 5, 3, 1), seed: int = 0) -> Tuple[int, Dict[str, int], Counter]:
-    """(total, per-component counts, per-op counts) of one training step of CMATH(cfg, backend)."""
+def count_training_step(cfg, backend: str, lengths=(7, 5, 3, 1), seed: int = 0,
+                        fused=None) -> Tuple[int, Dict[str, int], Counter]:
+    """(total, per-component counts, per-op counts) of one training step of CMATH(cfg, backend)
+    (``fused``: the triton backend's fused components, default all)."""
     from ..model import CMATH
     from ..packing import pack_rows
     from ..step import train_step
     from ..testing import random_batch
 
     torch.manual_seed(seed)
-    model = CMATH(cfg, backend=backend)
+    model = CMATH(cfg, backend=backend, fused=fused)
     # The fused (single-kernel) Adam where torch has it, as a GPU run would use: the optimiser is
     # the same for both models and should not drown the comparison.
     try:

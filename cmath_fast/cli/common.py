@@ -23,3 +23,18 @@ def use_interpreter_without_cuda() -> None:
     """Fused kernels on a machine without CUDA run in Triton's interpreter (set before import)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def add_fused_argument(parser) -> None:
+    """``--fused``: the triton backend's components that run fused (``cmath_fast.components``)."""
+    from ..components import COMPONENTS, ENV_VAR
+    parser.add_argument("--fused", default="all", metavar="LIST",
+                        help=f"the triton backend's components that run fused: a comma-separated subset of "
+                             f"{','.join(COMPONENTS)}, or all (default), or none; the others run the "
+                             f"reference's code (same weights, same results); {ENV_VAR} wins over this")
+
+
+def fused_arg(args) -> str:
+    """The --fused set with CMATH_FAST_FUSED applied, as a run records it (checked: one line)."""
+    from ..components import format_fused, resolve_fused
+    return format_fused(resolve_fused(args.fused, "--fused"))

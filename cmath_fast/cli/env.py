@@ -9,6 +9,7 @@ import torch
 
 from ..config import CMATHConfig
 from ..testing import random_batch
+from .common import add_fused_argument, fused_arg
 
 
 def cmd_env(args) -> int:
@@ -24,13 +25,13 @@ def cmd_smoke(args) -> int:
         cfg = cfg.replace(d_model=args.d_model, d_z=args.d_model)
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
-    model = CMATH(cfg, backend=args.backend).to(args.device)
+    model = CMATH(cfg, backend=args.backend, fused=fused_arg(args)).to(args.device)
     lengths = torch.randint(1, args.max_len + 1, (args.batch,), generator=gen).tolist()
     lengths[-1] = args.max_len
     text, audio, visual, speakers, lens, labels = random_batch(cfg, lengths, gen, args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"preset {cfg.name}: d_model {cfg.d_model}, {n_params / 1e6:.2f} M parameters, "
-          f"backend {model.backend} ({model.backend_reason}), device {args.device}")
+          f"backend {model.backend} ({model.backend_reason}, fused {model.fused}), device {args.device}")
     print(f"batch: {len(lengths)} dialogues, lengths {lengths}")
     t0 = time.perf_counter()
     out = model(text, audio, visual, speakers, lens)
@@ -89,6 +90,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--batch", type=int, default=4)
     s.add_argument("--max-len", type=int, default=12)
     s.add_argument("--backend", default="auto")
+    add_fused_argument(s)
     s.add_argument("--device", default="cpu")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_smoke)

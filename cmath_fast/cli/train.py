@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import CLIError, load_data
+from .common import CLIError, add_fused_argument, fused_arg, load_data
 
 
 def parse_sets(items) -> dict:
@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
         batch_size=cfg.batch_size if args.batch_size is None else args.batch_size,
         lr=cfg.lr if args.lr is None else args.lr,
         weight_decay=cfg.weight_decay, select_on=args.select_on or "valid", seed=args.seed,
-        device=args.device, backend=args.backend, resume=args.resume, progress=not args.no_progress,
+        device=args.device, backend=args.backend, fused=fused_arg(args), resume=args.resume, progress=not args.no_progress,
         max_grad_norm=5.0 if args.clip_grad_norm is None else args.clip_grad_norm,
         valid_fraction=args.valid_fraction, on_nonfinite=args.on_nonfinite, override=args.override,
         precision=args.precision, cuda_graphs=args.cuda_graphs, deterministic=args.deterministic,
@@ -93,7 +93,7 @@ def _model_and_data(args):
     from ..training import check_data_matches, load_model
     _check_device(args.device)
     _positive("--batch-size", args.batch_size)
-    model, _ = load_model(args.checkpoint, device=args.device, backend=args.backend)
+    model, _ = load_model(args.checkpoint, device=args.device, backend=args.backend, fused=fused_arg(args))
     data = load_features(args.data)
     check_data_matches(model.cfg, data)
     return model, data
@@ -178,6 +178,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
     s.add_argument("--backend", default="auto")
+    add_fused_argument(s)
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out (its settings must be the same)")
     s.add_argument("--override", action="store_true",
@@ -210,6 +211,7 @@ def add_parsers(sub) -> None:
         s.add_argument("--batch-size", type=int, default=16)
         s.add_argument("--device", default="cpu")
         s.add_argument("--backend", default="auto")
+        add_fused_argument(s)
         s.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                        help="on CUDA, replay inference from CUDA graphs (default on)")
         s.add_argument("--out", required=name == "predict", default=None,

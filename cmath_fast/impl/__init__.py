@@ -13,15 +13,17 @@ from __future__ import annotations
 from .base import Implementation, UnsupportedConfigError
 
 
-def get_implementation(name: str, cfg=None) -> Implementation:
+def get_implementation(name: str, cfg=None, fused=None) -> Implementation:
     """The implementation of a concrete backend ("torch" or "triton"); with ``cfg``, refused with
-    every reason when it cannot run that config."""
+    every reason when it cannot run that config. ``fused``: the triton implementation's components
+    that run fused (``cmath_fast.components``; default all)."""
     if name == "torch":
         from .torch_impl import TorchImplementation
         impl = TorchImplementation()
     elif name == "triton":
+        from ..components import COMPONENTS
         from .triton_impl import TritonImplementation
-        impl = TritonImplementation()
+        impl = TritonImplementation(COMPONENTS if fused is None else fused)
     else:
         raise ValueError(f"implementation: expected 'torch' or 'triton', got {name!r}")
     if cfg is not None:

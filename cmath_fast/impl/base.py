@@ -20,6 +20,8 @@ class Implementation:
     """
 
     name = "abstract"
+    # The components that run fused (``cmath_fast.components``): none here.
+    fused = frozenset()
     # Whether encode/cma take packed rows (``cmath_fast.packing``): mask (1, N) and (1, N, ...)
     # tensors, dialogue boundaries from ``rows``. Implementations that do not pack get the padded
     # layout and rows=None.

@@ -12,6 +12,10 @@ reference modules.
   padding mask fused; no channel-first transposes) — then the reference embeddings.
 Every hyper-parameter (activation, dropout rates and training flags, norm eps, layer count,
 gating, joint softmax) is read from the modules or the config.
+
+Each component (``cmath_fast.components``: attention, fusion, unets, norms, loss, packing) can be
+switched off; it then runs the reference's code (``unfused``, the reference modules) in the same
+place, so that one component failing on a GPU does not take the others down.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from ..ops.cross_modal_attention import MAX_HEAD_DIM
 from ..ops.loss import cmath_loss_fused
 from ..ops.reconstruction import reconstruction_loss, standardise_rows
 from ..ops.row_conv import dialogue_rows, row_conv_groups
-from ..reference.layers import CMALayer, ModalityProjection, sinusoidal_positions, stream_order
+from ..reference.layers import CMALayer, ModalityProjection, padding_mask, sinusoidal_positions, stream_order
 from .batched import batched_linear, dropout, kv_projection, stacked_layer_norm
 from .torch_impl import TorchImplementation
+from .unfused import attention_ref, layer_norm_each
 
 
 @functools.lru_cache(maxsize=32)
@@ -64,11 +69,13 @@ def _hyper_parameters(layer: CMALayer) -> tuple:
 
 
 def cma_layer_stacked(layers: Sequence[CMALayer], x: torch.Tensor, aux: Sequence[torch.Tensor],
-                      lengths: torch.Tensor, rows=None) -> torch.Tensor:
+                      lengths: torch.Tensor, rows=None, attention=cross_modal_attention_packed,
+                      stacked_layer_norm=stacked_layer_norm) -> torch.Tensor:
     """C CMA layers of the same shape, layer i applied to x[i]: x (C, B, L, d) central states,
     aux S-1 tensors (C, B, L, d) of auxiliary streams, lengths (C*B,) -> the new x (C, B, L, d).
     Same math as ``layers[i](x[i], [a[i] for a in aux], lengths)``. Packed rows: x and aux
-    (C, 1, N, d) and ``rows`` the C copies' row starts (``PackedRows.stacked(C)``)."""
+    (C, 1, N, d) and ``rows`` the C copies' row starts (``PackedRows.stacked(C)``). ``attention``
+    and ``stacked_layer_norm``: the fused ops, or their references (``unfused``)."""
     hp = {_hyper_parameters(layer) for layer in layers}
     if len(hp) != 1:
         raise ValueError(f"cma_layer_stacked: the stacked layers differ in hyper-parameters: {sorted(hp)}")
@@ -90,7 +97,7 @@ def cma_layer_stacked(layers: Sequence[CMALayer], x: torch.Tensor, aux: Sequence
         g = torch.sigmoid(batched_linear(xn_rows, [a.w_g for a in attn])).view(lead + (S - 1, H))
         gates = torch.cat([torch.ones_like(g[..., :1, :]), g], dim=-2)
     p = first.attn_dropout if first.training else 0.0
-    o = cross_modal_attention_packed(q, kv, lengths, gates=gates, dropout_p=p, joint=first.joint, rows=rows)
+    o = attention(q, kv, lengths, gates=gates, dropout_p=p, joint=first.joint, rows=rows)
     o = batched_linear(o.view(C, B * L, S * d), [a.w_o for a in attn]).view(C, B, L, d)
     x = x + dropout(o, layers[0].dropout)
     ffns = [layer.ffn for layer in layers]
@@ -102,7 +109,18 @@ def cma_layer_stacked(layers: Sequence[CMALayer], x: torch.Tensor, aux: Sequence
 
 class TritonImplementation(TorchImplementation):
     name = "triton"
-    packs_rows = True
+
+    def __init__(self, fused=("attention", "fusion", "unets", "norms", "loss", "packing")):
+        self.fused = frozenset(fused)
+
+    @property
+    def packs_rows(self) -> bool:
+        return "packing" in self.fused
+
+    def _layer_ops(self) -> dict:
+        """The attention and LayerNorm that the CMA layers run: fused, or the reference's."""
+        return dict(attention=cross_modal_attention_packed if "attention" in self.fused else attention_ref,
+                    stacked_layer_norm=stacked_layer_norm if "norms" in self.fused else layer_norm_each)
 
     def not_supported_reasons(self, cfg) -> List[str]:
         reasons = []
@@ -133,13 +151,16 @@ class TritonImplementation(TorchImplementation):
 
     def reconstruction(self, model, feats, mask, lengths, rows=None):
         """The three U-Nets at once (``unets``). ``feats`` are padded (B, L, D_m) in either layout:
-        with packed rows the standardisation gathers the valid rows."""
+        with packed rows the standardisation gathers the valid rows. With the fused U-Nets off
+        (or the ablation without U-Nets) the reference modules run on the padded features, and
+        their codes are packed."""
         encs = [model.encoders[m] for m in MODALITIES]
-        if any(isinstance(e, ModalityProjection) for e in encs):  # the ablation without U-Nets
-            if rows is not None:
-                feats = {m: rows.pack(x)[None] for m, x in feats.items()}
-            return super().reconstruction(model, feats, mask, lengths, rows)
-        return self.unets(encs, feats, mask, lengths, rows)
+        if "unets" in self.fused and not any(isinstance(e, ModalityProjection) for e in encs):
+            return self.unets(encs, feats, mask, lengths, rows)
+        if rows is None:
+            return super().reconstruction(model, feats, mask, lengths)
+        codes, rec = super().reconstruction(model, feats, padding_mask(lengths, rows.max_len), lengths)
+        return {m: rows.pack(z)[None] for m, z in codes.items()}, rec
 
     def unets(self, encs, feats, mask, lengths, rows=None):
         """The reference U-Nets' math for the three modalities on rows: each layer one
@@ -173,7 +194,7 @@ class TritonImplementation(TorchImplementation):
         names = [m for m in MODALITIES if m in hidden]
         x = torch.stack([hidden[m] for m in names])
         out = cma_layer_stacked([layers[m] for m in names], x, [], lengths.repeat(len(names)),
-                                rows.stacked(len(names)) if rows is not None else None)
+                                rows.stacked(len(names)) if rows is not None else None, **self._layer_ops())
         return _stacked_dict(names, out)
 
     def cma(self, model, hidden, lengths, rows=None):
@@ -186,16 +207,21 @@ class TritonImplementation(TorchImplementation):
         lens = lengths.repeat(C)
         stacks = [model.cma[c] for c in centrals]
         stacked = rows.stacked(C) if rows is not None else None
+        ops = self._layer_ops()
         for li in range(len(stacks[0].layers)):
-            x = cma_layer_stacked([t.layers[li] for t in stacks], x, aux, lens, stacked)
-        out = stacked_layer_norm(x, [t.norm for t in stacks])
+            x = cma_layer_stacked([t.layers[li] for t in stacks], x, aux, lens, stacked, **ops)
+        out = ops["stacked_layer_norm"](x, [t.norm for t in stacks])
         return _stacked_dict(centrals, out)
 
     def fuse(self, model, fine, mask, eps):
+        if "fusion" not in self.fused:
+            return super().fuse(model, fine, mask, eps)
         return model.fusion(fine, mask, eps, gaussian=variational_fusion, poe=poe_fusion)
 
     def loss(self, cfg, out, labels, class_weights, epoch=None, beta=None):
         """The whole loss in one fused op each way (``ops.loss.cmath_loss_fused``)."""
+        if "loss" not in self.fused:
+            return super().loss(cfg, out, labels, class_weights, epoch, beta)
         return cmath_loss_fused(cfg, out, labels, class_weights, epoch, beta)
 
     def heads(self, model, coarse, fine, mask, rows=None):

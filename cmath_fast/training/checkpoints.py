@@ -82,11 +82,12 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
-def load_model(path: str, device: str = "cpu", backend: str = "auto"):
-    """-> (model on ``device`` in eval mode, checkpoint metadata)."""
+def load_model(path: str, device: str = "cpu", backend: str = "auto", fused=None):
+    """-> (model on ``device`` in eval mode, checkpoint metadata). ``fused``: the triton backend's
+    fused components (default all)."""
     path = resolve_checkpoint(path)
     tensors, meta, cfg = read_checkpoint(path)
-    model = CMATH(cfg, backend=backend)
+    model = CMATH(cfg, backend=backend, fused=fused)
     load_weights(model, tensors, path)
     return model.to(device).eval(), meta
 

@@ -170,12 +170,18 @@ def _train_one(cfg, data, opts, out_dir, log):
             if diffs:
                 record_override(out_dir, diffs)
                 log("--resume --override: continuing with " + "; ".join(diffs))
+            before = {k: meta.get("options", {}).get(k, "auto" if k == "backend" else "all")
+                      for k in ("backend", "fused")}
+            changed = [f"--{k} {before[k]} -> {getattr(opts, k)}" for k in before if before[k] != getattr(opts, k)]
+            if changed:
+                log("--resume: " + ", ".join(changed) + ": the same computation at another speed; the "
+                    "training random stream differs from here on")
         else:
             log(f"--resume: no usable checkpoint in {out_dir} (no last.safetensors); starting a new run")
 
     torch.manual_seed(opts.seed)
     precision = opts.resolved_precision()
-    model = CMATH(cfg, backend=opts.backend)
+    model = CMATH(cfg, backend=opts.backend, fused=opts.fused)
     model.set_feature_stats(feature_stats(train_d))
     model.to(device=opts.device, dtype=weight_dtype(precision))
     scaler = make_grad_scaler(precision, torch.device(opts.device).type)
@@ -290,6 +296,7 @@ def _train_one(cfg, data, opts, out_dir, log):
         "select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
         "protocol": opts.protocol, "protocol_label": protocol_label(opts),
         "epoch": best["epoch"], "seed": opts.seed, "epochs": opts.epochs,
+        "backend": model.backend, "fused": model.fused,
         "select_accuracy": best["select"]["accuracy"],
         "select_weighted_f1": best["select"]["weighted_f1"],
         "confusion_matrix": best["confusion"], "class_names": list(names),

@@ -22,6 +22,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
+    fused: str = "all"  # the triton backend's fused components (cmath_fast.components)
     precision: str = "auto"  # fp32 | bf16-mixed | fp16-mixed | bf16; auto: backend.device_rules
     resume: bool = False
     override: bool = False  # with resume: continue although settings differ (recorded in the folder)
@@ -50,6 +51,8 @@ class TrainOptions:
             raise ValueError(f"--lr: expected > 0, got {self.lr}")
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise ValueError(f"--clip-grad-norm: expected >= 0 (0 = off), got {self.max_grad_norm}")
+        from ..components import parse_fused
+        parse_fused(self.fused, "--fused")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"--on-nonfinite: expected 'stop' or 'skip', got {self.on_nonfinite!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)):

@@ -18,8 +18,9 @@ from .options import TrainOptions
 LOCK_NAME = ".lock"
 _HELD: Dict[str, int] = {}  # lock paths this process holds -> nesting depth
 
-# Options that may change on resume: they do not change what the run computes.
-RESUME_FREE_OPTIONS = {"epochs", "device", "backend", "resume", "override", "progress", "precision",
+# Options that may change on resume: they do not change what the run computes (the backend and its
+# fused components change its speed and, in training, its random stream: a resume says so).
+RESUME_FREE_OPTIONS = {"epochs", "device", "backend", "fused", "resume", "override", "progress", "precision",
                        "cuda_graphs", "deterministic",
                        "stop_after_epoch", "protocol_overrides"}
 

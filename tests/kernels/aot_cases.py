@@ -1,7 +1,8 @@
-"""The kernel configurations compiled ahead of time for sm_90: name -> (kernel, pointer types,
-constexprs, num_warps, num_stages). Every tile the launchers can choose (from the config table
-in ``cmath_fast.kernels.configs``) in bf16 with every flag on, plus representative dtype and flag
-combinations; every tile in every dtype and flag combination with CMATH_FAST_AOT_FULL=1."""
+"""The kernel configurations compiled ahead of time: name -> (kernel, pointer types, constexprs,
+num_warps, num_stages). Every tile the launchers can choose on a GPU family (from the config table
+in ``cmath_fast.kernels.configs``, that family's rows first) in bf16 with every flag on, plus
+representative dtype and flag combinations; every tile in every dtype and flag combination with
+CMATH_FAST_AOT_FULL=1."""
 
 import itertools
 import os
@@ -42,13 +43,13 @@ def cma_preprocess(gates, packed=True):
                                                         PACKED=packed)
 
 
-def launcher_cases(dtypes=("bf16",)):
-    """Every tile the launchers can choose (read from the config table), every flag on and packed
-    rows (the model's path): these are also checked for spills."""
+def launcher_cases(dtypes=("bf16",), family=""):
+    """Every tile the launchers can choose on ``family`` (read from the config table), every flag on
+    and packed rows (the model's path): these are also checked for spills."""
     from cmath_fast.kernels.configs import all_attention_tiles
 
     cases = {}
-    for kernel, _, bd, dtype, t in all_attention_tiles():
+    for kernel, _, bd, dtype, t in all_attention_tiles(family):
         if dtype not in dtypes:
             continue
         tag = f"{dtype}-{t.block_m}x{t.block_n}-d{bd}-w{t.num_warps}s{t.num_stages}"
@@ -65,11 +66,30 @@ def launcher_cases(dtypes=("bf16",)):
     return cases
 
 
-def attention_cases():
-    cases = launcher_cases(tuple(TYPES) if FULL else ("bf16",))
+def fp16_subset(family=""):
+    """A representative fp16 subset of the launchers' tiles: the attention kernels at the longest
+    length bucket with the presets' head dims (64, 128), the U-Net's three tiles and the fusion
+    GEMM at its largest buckets."""
+    from cmath_fast.kernels.configs import all_attention_tiles
+    from tests.kernels.aot_cases_fusion import fusion_cases, row_conv_cases
+
+    cases = launcher_cases(("fp16",), family)
+    names = set()
+    for kernel, bucket, bd, dtype, t in all_attention_tiles(family):
+        if dtype == "fp16" and bucket == 128 and bd in (64, 128) and kernel in ("cma_fwd", "cma_bwd_dkdv", "cma_bwd_dq"):
+            names.add(f"launcher-{kernel[len('cma_'):].replace('bwd_', '')}-fp16-{t.block_m}x{t.block_n}-d{bd}-"
+                      f"w{t.num_warps}s{t.num_stages}")
+    out = {n: cases[n] for n in sorted(names)}
+    out.update({n: c for n, c in fusion_cases(family, ("fp16",)).items() if n.startswith("launcher-fusion-fwd-fp16-64x64x64")})
+    out.update({n: c for n, c in row_conv_cases(family, ("fp16",)).items() if "-k1-" not in n})
+    return out
+
+
+def attention_cases(family=""):
+    cases = launcher_cases(tuple(TYPES) if FULL else ("bf16",), family)
     if FULL:
         from cmath_fast.kernels.configs import all_attention_tiles
-        for kernel, _, bd, dtype, t in all_attention_tiles():
+        for kernel, _, bd, dtype, t in all_attention_tiles(family):
             for dropout, joint in itertools.product([False, True], repeat=2):
                 tag = f"{dtype}-{t.block_m}x{t.block_n}-d{bd}-p{dropout:d}-j{joint:d}"
                 if kernel == "cma_fwd":
@@ -128,16 +148,16 @@ def autotune_cases():
     return cases
 
 
-def all_cases():
-    cases = attention_cases()
+def all_cases(family=""):
+    """Every case, with the launchers' tiles of ``family`` ("" for the generic rows)."""
+    cases = attention_cases(family)
     cases.update(autotune_cases())
-    try:
-        from tests.kernels.aot_cases_fusion import (fusion_cases, layer_norm_cases, loss_cases, reconstruction_cases,
-                                                     row_conv_cases)
-    except ImportError:
-        return cases
-    cases.update(fusion_cases())
-    cases.update(row_conv_cases())
+    from tests.kernels.aot_cases_fusion import (fusion_cases, layer_norm_cases, loss_cases, reconstruction_cases,
+                                                 row_conv_cases)
+    cases.update(fusion_cases(family))
+    cases.update(row_conv_cases(family))
+    if not FULL:
+        cases.update(fp16_subset(family))
     cases.update(reconstruction_cases())
     cases.update(layer_norm_cases())
     cases.update(loss_cases())

@@ -42,14 +42,14 @@ def poe(kind, dtype, bn, bz, M=3):
     return vf._poe_bwd_kernel, ptr, const
 
 
-def fusion_cases():
-    """Every fusion tile the launchers can choose (from the config table; checked for spills),
-    plus representative dtype and flag combinations."""
+def fusion_cases(family="", dtypes=None):
+    """Every fusion tile the launchers can choose on ``family`` (from the config table; checked for
+    spills), plus representative dtype and flag combinations."""
     from cmath_fast.kernels.configs import all_fusion_tiles
 
     cases = {}
-    dtypes = list(TYPES) if FULL else ["bf16"]
-    for kernel, bz, bk, dtype, t in all_fusion_tiles():
+    dtypes = dtypes or (list(TYPES) if FULL else ["bf16"])
+    for kernel, bz, bk, dtype, t in all_fusion_tiles(family):
         if dtype not in dtypes:
             continue
         launch = (t.num_warps, t.num_stages)
@@ -83,15 +83,15 @@ def row_conv(kernel, dtype, t, K=3, act=1, G=3, xb=False):
     return rc._row_conv_bwd_dw_kernel, ptr, dict(flags, HAS_BIAS=True)
 
 
-def row_conv_cases():
+def row_conv_cases(family="", dtypes=None):
     """Every row-convolution tile a launcher can choose (checked for spills), three groups, k = 3
     with GELU, and the decoder's k = 1 without, reading the skip connection as a second input and
     writing the reconstruction partial sums; one group (``row_conv``'s single convolution)."""
     from cmath_fast.kernels.configs import all_row_conv_tiles
 
     cases = {}
-    dtypes = list(TYPES) if FULL else ["bf16"]
-    for kernel, dtype, t in all_row_conv_tiles():
+    dtypes = dtypes or (list(TYPES) if FULL else ["bf16"])
+    for kernel, dtype, t in all_row_conv_tiles(family):
         if dtype not in dtypes:
             continue
         launch = (t.num_warps, t.num_stages)
@@ -129,7 +129,8 @@ def layer_norm_cases():
             block_d, block_r = ln._blocks(d)
             ptr = dict(X=tp, W=tp, B=tp, Y=tp, MEAN="*fp32", RSTD="*fp32")
             cases[f"launcher-layernorm-fwd-{dtype}-d{d}"] = (ln._ln_fwd_kernel, ptr,
-                                                             dict(BLOCK_R=block_r, BLOCK_D=block_d), 4, 1)
+                                                             dict(BLOCK_R=block_r, BLOCK_D=block_d),
+                                                             ln.fwd_warps(block_d), 1)
             ptr = dict(DY=tp, X=tp, W=tp, MEAN="*fp32", RSTD="*fp32", DX=tp, DW="*fp32", DB="*fp32")
             cases[f"launcher-layernorm-bwd-{dtype}-d{d}"] = (
                 ln._ln_bwd_kernel, ptr, dict(BLOCK_R=block_r, BLOCK_D=block_d, BLOCK_C=ln.BLOCK_C,
