@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cmath_fast import CMATHConfig
 from cmath_fast._checks import skip_value_checks
+from cmath_fast.tolerances import two_x_ratio
 from cmath_fast.packing import pack_rows
 from tests.helpers import assert_close, make_batch
 from tests.impl.test_fused_model import _pair
@@ -57,17 +58,14 @@ def test_autocast_bf16_within_twice_pytorchs_error():
     for name, model in (("ref", ref), ("fused", fused)):
         with torch.autocast("cpu", torch.bfloat16):
             runs[name] = _step(model, batch, eps)
-    def floor(x):
-        return max(1e-4, 2.0 ** -8 * x.abs().max().item())
-
-    def err(a, b):
-        return (a.float() - b.float()).abs().max().item()
-    assert err(runs["fused"][0], exact[0]) <= 2 * err(runs["ref"][0], exact[0]) + floor(exact[0])
+    def ratio(f, r, x):
+        return two_x_ratio(f, r, x, torch.bfloat16, min_floor=1e-4)
+    assert ratio(runs["fused"][0], runs["ref"][0], exact[0]) <= 1
     for (name, p), f, r, x in zip(ref.named_parameters(), runs["fused"][1], runs["ref"][1], exact[1]):
         if x is None:
             continue
         assert f.dtype == p.dtype, f"{name}: gradient in {f.dtype}, the weight is {p.dtype}"
-        assert err(f, x) <= 2 * err(r, x) + floor(x), (name, err(f, x), err(r, x))
+        assert ratio(f, r, x) <= 1, (name, ratio(f, r, x))
 
 
 class _HostReads(TorchDispatchMode):

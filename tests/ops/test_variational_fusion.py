@@ -8,7 +8,7 @@ import torch
 
 from cmath_fast.reference import poe_fusion_ref, variational_fusion_ref
 from tests.helpers import assert_close
-from tests.tolerances import TOL
+from cmath_fast.tolerances import TOL
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
