@@ -88,7 +88,7 @@ def device_rules(device=None) -> DeviceRules:
                            "the GPU has bf16" if bf16 else "the GPU has no bf16")
     cap = tuple(torch.cuda.get_device_capability(index))
     try:
-        from .kernels.configs import family_of
+        from .ops.introspect import family_of
         family = family_of(*cap)
     except ImportError:  # no Triton: no kernels, no family
         family = ""

@@ -52,41 +52,19 @@ class Check:
 
 # ------------------------------------------------------------------ kernel variants
 
-def _jit_kernels():
-    from .kernels import cross_modal_attention, layer_norm, loss, reconstruction, row_conv, variational_fusion
-    for module in (cross_modal_attention, layer_norm, loss, reconstruction, row_conv, variational_fusion):
-        for value in vars(module).values():
-            if type(value).__name__ in ("JITFunction", "InterpretedFunction") and value.__module__ == module.__name__:
-                yield value
-
-
-def _compiled_variants() -> int:
-    """Compiled kernel variants held by Triton's in-memory caches (Triton 3.x layouts)."""
-    total = 0
-    for fn in _jit_kernels():
-        caches = getattr(fn, "device_caches", None)
-        if caches:
-            total += sum(len(entry[0]) for entry in caches.values())
-        elif isinstance(getattr(fn, "cache", None), dict):
-            total += sum(len(v) for v in fn.cache.values())
-    return total
-
-
 class _Variants:
-    """Counts the variants a block compiles (on the CPU: distinct kernels launched)."""
+    """Counts the kernel variants a block compiles (on the CPU: the distinct kernels it ran)."""
 
     def __enter__(self):
-        from .kernels._common import add_launch_listener
-        self.names = set()
-        self.before = _compiled_variants()
-        self._listener = lambda name, entering: self.names.add(name) if entering else None
-        add_launch_listener(self._listener)
+        from .ops.introspect import compiled_variants, launched_kernels
+        self._compiled = compiled_variants
+        self.before = compiled_variants()
+        self._launched = launched_kernels().__enter__()
         return self
 
     def __exit__(self, *exc):
-        from .kernels._common import remove_launch_listener
-        remove_launch_listener(self._listener)
-        self.count = (_compiled_variants() - self.before) if torch.cuda.is_available() else len(self.names)
+        self._launched.__exit__(*exc)
+        self.count = (self._compiled() - self.before) if torch.cuda.is_available() else len(self._launched.names)
         return False
 
 

@@ -127,8 +127,7 @@ class CMATH(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.backend, self.backend_reason = resolve_backend(backend)
-        self.impl = get_implementation(self.backend, cfg,
-                                       resolve_fused(fused) if self.backend == "triton" else None)
+        self.impl = get_implementation(self.backend, cfg, resolve_fused(fused))
         # Packed rows (cmath_fast.packing) where the implementation supports them (the fused one).
         self.pack_rows = bool(pack_rows)
         d = cfg.d_model

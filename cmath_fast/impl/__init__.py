@@ -16,7 +16,7 @@ from .base import Implementation, UnsupportedConfigError
 def get_implementation(name: str, cfg=None, fused=None) -> Implementation:
     """The implementation of a concrete backend ("torch" or "triton"); with ``cfg``, refused with
     every reason when it cannot run that config. ``fused``: the triton implementation's components
-    that run fused (``cmath_fast.components``; default all)."""
+    that run fused (``cmath_fast.components``; default all; the reference fuses none)."""
     if name == "torch":
         from .torch_impl import TorchImplementation
         impl = TorchImplementation()

@@ -1,0 +1,49 @@
+"""What the rest of the package may know of the kernels without importing them: the GPU family
+rules, the kernel variants compiled so far, and the kernels launched in a block."""
+
+from __future__ import annotations
+
+from ..kernels import cross_modal_attention, layer_norm, loss, reconstruction, row_conv, variational_fusion
+from ..kernels._common import add_launch_listener, remove_launch_listener
+from ..kernels.configs import FAMILY_SHARED_MEMORY, family_of
+
+_MODULES = (cross_modal_attention, layer_norm, loss, reconstruction, row_conv, variational_fusion)
+
+
+def _jit_functions():
+    for module in _MODULES:
+        for value in vars(module).values():
+            if type(value).__name__ in ("JITFunction", "InterpretedFunction") and value.__module__ == module.__name__:
+                yield value
+
+
+def compiled_variants() -> int:
+    """Compiled kernel variants held by Triton's in-memory caches (0 in the interpreter)."""
+    total = 0
+    for fn in _jit_functions():
+        caches = getattr(fn, "device_caches", None)  # Triton >= 3.2
+        if caches:
+            total += sum(len(entry[0]) for entry in caches.values())
+        elif isinstance(getattr(fn, "cache", None), dict):  # Triton 3.0, 3.1
+            total += sum(len(v) for v in fn.cache.values())
+    return total
+
+
+class launched_kernels:
+    """Within this context, ``names`` collects the name of every kernel launched."""
+
+    def __enter__(self):
+        self.names = set()
+        add_launch_listener(self._listen)
+        return self
+
+    def _listen(self, name: str, entering: bool) -> None:
+        if entering:
+            self.names.add(name)
+
+    def __exit__(self, *exc):
+        remove_launch_listener(self._listen)
+        return False
+
+
+__all__ = ["FAMILY_SHARED_MEMORY", "compiled_variants", "family_of", "launched_kernels"]
