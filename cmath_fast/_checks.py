@@ -73,6 +73,18 @@ def check_lengths(name: str, lengths, batch: int, max_len: int) -> None:
             raise ValueError(f"{name}: expected values in [0, {max_len}], got min {lo}, max {hi}")
 
 
+def check_finite(name: str, values: torch.Tensor, valid: torch.Tensor) -> None:
+    """No NaN or inf at ``valid`` positions (B, L) of (B, L, ...) values (padding may hold anything)."""
+    if not value_checks_enabled(values):
+        return
+    bad = ~torch.isfinite(values[valid])
+    if bad.any():
+        rows = bad.reshape(bad.shape[0], -1).any(-1)
+        b, i = (int(v) for v in torch.nonzero(valid)[int(torch.nonzero(rows)[0])])
+        raise ValueError(f"{name}: NaN or inf in {int(rows.sum())} valid utterance(s), the first at dialogue {b}, "
+                         f"utterance {i}; clean or impute the features")
+
+
 def check_index_range(name: str, values: torch.Tensor, valid: torch.Tensor, upper: int) -> None:
     """values at ``valid`` positions must lie in [0, upper)."""
     if not value_checks_enabled(values):

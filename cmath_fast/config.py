@@ -155,6 +155,14 @@ class CMATHConfig:
                 raise ValueError(f"CMATHConfig.{key}: expected >= 0, got {getattr(self, key)!r}")
         if self.tau <= 0:
             raise ValueError(f"CMATHConfig.tau: expected > 0, got {self.tau!r}")
+        if self.lr <= 0:
+            raise ValueError(f"CMATHConfig.lr: expected > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"CMATHConfig.weight_decay: expected >= 0, got {self.weight_decay!r}")
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"CMATHConfig.{key}: expected a positive integer, got {value!r}")
         if self.beta_warmup_epochs < 0:
             raise ValueError(
                 f"CMATHConfig.beta_warmup_epochs: expected >= 0, got {self.beta_warmup_epochs!r}")

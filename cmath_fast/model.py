@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from ._checks import _compiling, check_index_range, check_lengths, check_tensor
+from ._checks import _compiling, check_finite, check_index_range, check_lengths, check_tensor
 from .backend import resolve_backend
 from .components import format_fused, resolve_fused
 from .config import MODALITIES, MODALITY_NAMES, CMATHConfig
@@ -187,6 +187,8 @@ class CMATH(nn.Module):
             raise ValueError(f"speakers: expected shape {(B, L)}, got {tuple(speakers.shape)}")
         mask = padding_mask(lengths, L)
         check_index_range("speakers", speakers, mask, cfg.num_speakers)
+        for m, x in feats.items():
+            check_finite(MODALITY_NAMES[m], x, mask)
         return mask
 
     def set_feature_stats(self, stats: Dict[str, tuple]) -> None:

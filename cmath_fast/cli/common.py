@@ -11,6 +11,23 @@ class CLIError(Exception):
     """An error reported as one line, without a traceback."""
 
 
+def check_device_flag(device: str, flag: str = "--device") -> None:
+    """A device this machine has, or a one-line error naming the flag."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise CLIError(f"{flag} {device!r}: not a device; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise CLIError(f"{flag} {device}: cmath-fast runs on cpu or cuda (cuda:N)")
+    if not torch.cuda.is_available():
+        raise CLIError(f"{flag} {device}: CUDA is not available here (torch {torch.__version__}); use {flag} cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
 def load_data(args):
     from ..data import load_features, make_synthetic
     if getattr(args, "data", None):

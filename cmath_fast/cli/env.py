@@ -9,7 +9,7 @@ import torch
 
 from ..config import CMATHConfig
 from ..testing import random_batch
-from .common import add_fused_argument, fused_arg
+from .common import add_fused_argument, check_device_flag, fused_arg
 
 
 def cmd_env(args) -> int:
@@ -24,6 +24,7 @@ def cmd_doctor(args) -> int:
     from .. import doctor
     from ..backend import device_rules
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device_flag(device)
     rules = device_rules(device)
     where = rules.describe() + (" (Triton's interpreter, tiny shapes)" if device == "cpu" else "")
     if not args.json:
@@ -40,6 +41,7 @@ def cmd_doctor(args) -> int:
 
 def cmd_smoke(args) -> int:
     from ..model import CMATH
+    check_device_flag(args.device)
     cfg = CMATHConfig.preset(args.preset)
     if args.d_model:
         cfg = cfg.replace(d_model=args.d_model, d_z=args.d_model)

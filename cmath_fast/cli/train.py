@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from .common import CLIError, add_fused_argument, fused_arg, load_data
+from .common import CLIError, add_fused_argument, check_device_flag, fused_arg, load_data
 
 
 def parse_sets(items) -> dict:
@@ -29,10 +30,37 @@ def _precision_note(opts) -> str:
     return f" (auto: {device_rules(opts.device).precision_reason})"
 
 
+def _check_train_flags(args) -> None:
+    """Every flag, before any data is read or any folder made: one line naming the flag."""
+    import math
+    from ..training.loop import check_output
+    check_device_flag(args.device)
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--seeds", args.seeds)):
+        if value is not None and value < 1:
+            raise CLIError(f"{flag}: expected a positive integer, got {value}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise CLIError(f"--lr: expected a finite number > 0, got {args.lr}")
+    if args.clip_grad_norm is not None and not (math.isfinite(args.clip_grad_norm) and args.clip_grad_norm >= 0):
+        raise CLIError(f"--clip-grad-norm: expected a finite number >= 0 (0 = off), got {args.clip_grad_norm}")
+    if not 0.0 < args.valid_fraction < 1.0:
+        raise CLIError(f"--valid-fraction: expected a fraction in (0, 1), got {args.valid_fraction}")
+    fused_arg(args)
+    if args.precision != "auto":
+        from ..step import check_precision
+        check_precision(args.precision, args.device)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite: give one (continue the run in --out, or replace it)")
+    if args.override and not args.resume:
+        raise CLIError("--override goes with --resume (it continues a run although settings differ)")
+    check_output(args.out, args.resume, args.overwrite)
+
+
 def cmd_train(args) -> int:
     import os
+    from ..data import data_fingerprint
     from ..training import TrainOptions, apply_protocol, config_for_data, protocol_label, train
     from ..training.configure import read_config_file
+    _check_train_flags(args)
     data = load_data(args)
     fields = read_config_file(args.config) if args.config else {}
     fields.update(parse_sets(args.set))
@@ -46,7 +74,8 @@ def cmd_train(args) -> int:
         max_grad_norm=5.0 if args.clip_grad_norm is None else args.clip_grad_norm,
         valid_fraction=args.valid_fraction, on_nonfinite=args.on_nonfinite, override=args.override,
         precision=args.precision, cuda_graphs=args.cuda_graphs, deterministic=args.deterministic,
-        group_by_length=args.group_by_length)
+        group_by_length=args.group_by_length, overwrite=args.overwrite,
+        data_fingerprint=data_fingerprint(data, args.data))
     explicit = set(fields)
     if args.select_on is not None:
         explicit.add("select_on")
@@ -74,13 +103,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _check_device(device: str) -> None:
-    import torch
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); "
-                       f"use --device cpu")
-
-
 def _positive(name: str, value):
     if value is not None and not value > 0:
         raise CLIError(f"{name}: expected a positive number, got {value}")
@@ -91,8 +113,13 @@ def _model_and_data(args):
     """The checkpoint's model and the data it is asked to read, checked against each other."""
     from ..data import load_features
     from ..training import check_data_matches, load_model
-    _check_device(args.device)
+    check_device_flag(args.device)
     _positive("--batch-size", args.batch_size)
+    if args.out and args.out != "-":  # checked before the work: a bad target costs nothing
+        from ..io import output_file
+        output_file(args.out)
+    elif args.out == "-" and args.command != "predict":
+        raise CLIError("--out -: stdout is for predict's JSON lines; give evaluate a file path")
     model, _ = load_model(args.checkpoint, device=args.device, backend=args.backend, fused=fused_arg(args))
     data = load_features(args.data)
     check_data_matches(model.cfg, data)
@@ -143,9 +170,22 @@ def cmd_predict(args) -> int:
     for d, probs in predict_dialogues(model, dialogues, args.batch_size, args.device,
                                        cuda_graphs=args.cuda_graphs):
         lines.extend(prediction_rows(d, probs, names))
+    if args.out == "-":  # JSON lines on stdout, everything else on stderr
+        sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
+        sys.stdout.flush()
+        print(f"{len(lines)} predictions for {len(dialogues)} dialogues written to stdout", file=sys.stderr)
+        return 0
     atomic_write_text(args.out, "\n".join(lines) + ("\n" if lines else ""))
     print(f"{len(lines)} predictions for {len(dialogues)} dialogues written to {args.out}")
     return 0
+
+
+def add_device_arguments(s) -> None:
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    s.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
+                   help="auto (default): the fused Triton kernels on a GPU of compute capability 8.0 or newer, "
+                        "else the PyTorch reference; CMATH_FAST_BACKEND wins over this")
+    add_fused_argument(s)
 
 
 def add_parsers(sub) -> None:
@@ -159,10 +199,20 @@ def add_parsers(sub) -> None:
     s.add_argument("--config", default=None, help="a JSON file of CMATHConfig fields")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one config field (JSON value), e.g. --set cross_gate=sum")
-    s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=None)
-    s.add_argument("--lr", type=float, default=None)
-    s.add_argument("--out", default="runs/latest")
+    s.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train (default: the preset's with --data or --dataset: iemocap 150, meld 50; "
+                        "25 on the built-in synthetic data)")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="dialogues per step (default: the preset's: iemocap 16, meld 8, the synthetic "
+                        "data's tiny 8)")
+    s.add_argument("--lr", type=float, default=None,
+                   help="Adam's learning rate (default: the preset's: iemocap 1e-4, meld 5e-6, the synthetic "
+                        "data's tiny 1e-3)")
+    s.add_argument("--out", default="runs/latest",
+                   help="the run folder: metrics, history, checkpoints, plots (default runs/latest); a folder "
+                        "holding a run needs --resume or --overwrite")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its own files only)")
     s.add_argument("--protocol", choices=["cmath-fast", "lineage"], default="cmath-fast",
                    help="cmath-fast: the settings as given; lineage: SDT's (IEMOCAP class weights, "
                         "unscaled undetached logit distillation, no clipping, best test epoch); "
@@ -175,17 +225,17 @@ def add_parsers(sub) -> None:
     s.add_argument("--clip-grad-norm", type=float, default=None,
                    help="clip the gradient norm at this value; 0 = off (default 5)")
     s.add_argument("--seeds", type=int, default=1, help="train N seeds and report mean ± std")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--backend", default="auto")
-    add_fused_argument(s)
+    s.add_argument("--seed", type=int, default=0,
+                   help="the random seed: weights, batch order, dropout, the validation split (default 0)")
+    add_device_arguments(s)
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out (its settings must be the same)")
     s.add_argument("--override", action="store_true",
                    help="with --resume: continue although settings differ (recorded in the run folder)")
     s.add_argument("--precision", choices=["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16"], default="auto",
-                   help="auto (default): bf16-mixed on CUDA (autocast, fp32 master weights), fp32 on CPU; "
-                        "fp16-mixed adds a gradient scaler; bf16: bf16 weights")
+                   help="auto (default): bf16-mixed on a GPU with native bf16 (autocast, fp32 master weights), "
+                        "fp16-mixed below compute capability 8.0, fp32 on CPU; fp16-mixed adds a gradient "
+                        "scaler; bf16: bf16 weights")
     s.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
                    help="a NaN/inf loss: stop the run (earlier checkpoints kept), or skip that step")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -208,12 +258,11 @@ def add_parsers(sub) -> None:
         s.add_argument("--split", default="test",
                        help="a split the file names (the lineage files and synthetic sets have train and "
                             "test)" + ("; all: every dialogue" if name == "predict" else ""))
-        s.add_argument("--batch-size", type=int, default=16)
-        s.add_argument("--device", default="cpu")
-        s.add_argument("--backend", default="auto")
-        add_fused_argument(s)
+        s.add_argument("--batch-size", type=int, default=16, help="dialogues per batch (default 16)")
+        add_device_arguments(s)
         s.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                        help="on CUDA, replay inference from CUDA graphs (default on)")
         s.add_argument("--out", required=name == "predict", default=None,
-                       help="FILE.jsonl" if name == "predict" else "also write the metrics as JSON")
+                       help="FILE.jsonl, or - for stdout (the summary line then goes to stderr)"
+                       if name == "predict" else "also write the metrics as JSON to this file")
         s.set_defaults(func=cmd_evaluate if name == "evaluate" else cmd_predict)

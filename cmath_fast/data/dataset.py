@@ -130,6 +130,32 @@ class MERData:
         return lines
 
 
+def data_fingerprint(data: MERData, path: Optional[str] = None) -> dict:
+    """What a run was trained on: the file (absolute path and size; None for data made in memory),
+    a SHA-256 of the content (every dialogue's id, features, speakers and labels, in id order) and
+    one of each split's ids. A resume compares it, so that a run never mixes two datasets."""
+    import hashlib
+    import os
+    content = hashlib.sha256()
+    for key in sorted(data.dialogues, key=str):
+        d = data.dialogues[key]
+        content.update(repr(key).encode())
+        for arr in (d.text, d.audio, d.visual, d.speakers, d.labels):
+            content.update(np.ascontiguousarray(arr).tobytes())
+    splits = {name: hashlib.sha256("\n".join(map(repr, ids)).encode()).hexdigest()[:16]
+              for name, ids in sorted(data.splits.items())}
+    return {"path": os.path.abspath(path) if path else None,
+            "size": os.path.getsize(path) if path and os.path.isfile(path) else None,
+            "source": f"{data.layout} ({data.dataset})", "sha256": content.hexdigest(), "splits": splits}
+
+
+def describe_fingerprint(fp: Optional[dict]) -> str:
+    if not fp:
+        return "unrecorded data"
+    where = fp.get("path") or fp.get("source") or "data in memory"
+    return f"{where} (content {str(fp.get('sha256'))[:12]})"
+
+
 def feature_stats(dialogues: Sequence[Dialogue]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """Per-feature (mean, std) of each modality over the utterances of ``dialogues``."""
     stats = {}

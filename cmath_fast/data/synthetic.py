@@ -73,7 +73,10 @@ def make_synthetic(preset: str = "small", seed: int = 0, n_dialogues: int = None
         raise ValueError(f"unknown synthetic preset {preset!r}; expected one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
     rng = np.random.default_rng(seed)
-    n_total = n_dialogues or spec.n_dialogues
+    if n_dialogues is not None and (isinstance(n_dialogues, bool) or not isinstance(n_dialogues, int)
+                                    or n_dialogues < 2):
+        raise ValueError(f"--dialogues: expected an integer >= 2 (training and test dialogues), got {n_dialogues}")
+    n_total = spec.n_dialogues if n_dialogues is None else n_dialogues
     n_test = max(1, round(n_total * spec.n_test / spec.n_dialogues))
     C, k = len(spec.class_names), spec.latent_dim
 

@@ -74,10 +74,19 @@ def read_checkpoint(path: str):
 
 
 def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file, or a run folder's best.safetensors. A folder of several seeds is refused
+    with the seeds to choose from: which seed evaluates is the user's choice, not seed0's."""
     if os.path.isdir(path):
-        for name in ("best.safetensors", "seed0/best.safetensors"):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
+        if os.path.isfile(os.path.join(path, "best.safetensors")):
+            return os.path.join(path, "best.safetensors")
+        seeds = sorted((n for n in os.listdir(path) if n.startswith("seed")
+                        and os.path.isfile(os.path.join(path, n, "best.safetensors"))),
+                       key=lambda n: int(n[4:]) if n[4:].isdigit() else 0)
+        if len(seeds) == 1:
+            return os.path.join(path, seeds[0], "best.safetensors")
+        if seeds:
+            raise ValueError(f"{path}: a run of {len(seeds)} seeds ({', '.join(seeds)}); give one, e.g. "
+                             f"--checkpoint {os.path.join(path, seeds[0])}")
         raise FileNotFoundError(f"{path}: no best.safetensors in this folder")
     return path
 

@@ -15,16 +15,16 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Dict, List
 
 import numpy as np
 import torch
 
 from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
-from ..data.dataset import MERData, feature_stats, iterate_batches, num_batches
+from ..data.dataset import MERData, data_fingerprint, feature_stats, iterate_batches, num_batches
 from ..graphs import GraphedPredictor, GraphedTrainer, capture_blockers
-from ..io import atomic_write_text
+from ..io import atomic_write_text, output_folder
 from ..model import CMATH
 from ..step import make_grad_scaler, train_step, weight_dtype
 from .checkpoints import flatten_optimizer, load_weights, read_checkpoint, save_model, unflatten_optimizer
@@ -33,7 +33,8 @@ from .evaluation import confusion_matrix_of, evaluate_model, public
 from .options import SELECTION_TEXT, TrainOptions
 from .plots import write_plots
 from .protocol import protocol_label
-from .rundir import RunLock, ResumeMismatchError, clean_stale_temps, record_override, resume_differences
+from .rundir import (RunLock, ResumeMismatchError, clean_stale_temps, existing_run, record_override,
+                     remove_run_files, resume_differences)
 from .splits import selection_split
 
 
@@ -204,7 +205,7 @@ def _train_one(cfg, data, opts, out_dir, log):
             torch.cuda.set_rng_state(tensors["rng/cuda"])
         history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
         log(f"resumed from {last_path} after epoch {meta['epoch']}")
-    atomic_write_text(os.path.join(out_dir, "config.json"), cfg.to_json())
+    atomic_write_text(os.path.join(out_dir, "config.json"), run_config(cfg, opts).to_json())
 
     progress = opts.progress and sys.stderr.isatty()  # a bar in a file or pipe is one endless line
     skip = opts.on_nonfinite == "skip"
@@ -296,7 +297,7 @@ def _train_one(cfg, data, opts, out_dir, log):
         "select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
         "protocol": opts.protocol, "protocol_label": protocol_label(opts),
         "epoch": best["epoch"], "seed": opts.seed, "epochs": opts.epochs,
-        "backend": model.backend, "fused": model.fused,
+        "backend": model.backend, "fused": model.fused, "data": opts.data_fingerprint,
         "select_accuracy": best["select"]["accuracy"],
         "select_weighted_f1": best["select"]["weighted_f1"],
         "confusion_matrix": best["confusion"], "class_names": list(names),
@@ -307,14 +308,61 @@ def _train_one(cfg, data, opts, out_dir, log):
     return result
 
 
+def run_config(cfg: CMATHConfig, opts: TrainOptions) -> CMATHConfig:
+    """The config as the run used it (``config.json``): the epochs, batch size, learning rate and
+    weight decay it ran with, not the preset's."""
+    return cfg.replace(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay)
+
+
+class RunExistsError(ValueError):
+    """The output folder already holds a run, and neither --resume nor --overwrite was given."""
+
+
+def check_output(out_dir: str, resume: bool, overwrite: bool) -> None:
+    """The output folder can take this run: a folder (or a path to make one), and not holding a run
+    unless --resume continues it or --overwrite replaces it."""
+    output_folder(out_dir)
+    held = existing_run(out_dir)
+    if held and not (resume or overwrite):
+        raise RunExistsError(f"--out {out_dir} holds {held}: continue it with --resume, replace it with "
+                             f"--overwrite, or give another --out")
+
+
 def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, seeds: int = 1,
           log=print) -> dict:
     """Train ``seeds`` runs (seeds opts.seed, opts.seed+1, ...); write the combined metrics.json.
-    The run folder is locked for the whole run."""
+    The run folder is locked for the whole run; a run that fails before writing anything leaves no
+    folder behind. ``opts.data_fingerprint`` is computed here when not given (the CLI gives it
+    with the file's path)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds: expected a positive integer, got {seeds}")
     opts.validate()
+    check_output(out_dir, opts.resume, opts.overwrite)
+    if opts.data_fingerprint is None:
+        opts = replace(opts, data_fingerprint=data_fingerprint(data))
+    made = not os.path.exists(out_dir)
+    try:
+        return _train_locked(cfg, data, opts, out_dir, seeds, log)
+    except BaseException:
+        if made:
+            _remove_empty_folders(out_dir)
+        raise
+
+
+def _remove_empty_folders(root: str) -> None:
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: something was written, keep it
+            pass
+
+
+def _train_locked(cfg, data, opts, out_dir, seeds, log) -> dict:
     with RunLock(out_dir):
+        if opts.overwrite and not opts.resume:
+            removed = remove_run_files(out_dir)
+            if removed:
+                log(f"--overwrite: removed the earlier run's {len(removed)} file(s) in {out_dir}")
         if seeds == 1:
             return train_one(cfg, data, opts, out_dir, log)
         runs = []
@@ -336,7 +384,7 @@ def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, see
         result["per_class_f1"] = {n: float(np.mean([r["per_class_f1"][n] for r in runs]))
                                   for n in data.class_names}
         atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2))
-        atomic_write_text(os.path.join(out_dir, "config.json"), cfg.to_json())
+        atomic_write_text(os.path.join(out_dir, "config.json"), run_config(cfg, opts).to_json())
         return result
 
 

@@ -36,6 +36,8 @@ class TrainOptions:
     cuda_graphs: bool = True  # on CUDA: replay the training step and inference from CUDA graphs
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns on CUDA
     stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
+    overwrite: bool = False  # replace a run already in the output folder (else refused without resume)
+    data_fingerprint: Optional[dict] = None  # what the run trains on (data.data_fingerprint); set by train()
 
     def resolved_precision(self) -> str:
         from ..step import default_precision

@@ -9,9 +9,10 @@ import json
 import os
 import socket
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..config import CMATHConfig
+from ..data.dataset import describe_fingerprint
 from ..io import atomic_write_text
 from .options import TrainOptions
 
@@ -21,7 +22,7 @@ _HELD: Dict[str, int] = {}  # lock paths this process holds -> nesting depth
 # Options that may change on resume: they do not change what the run computes (the backend and its
 # fused components change its speed and, in training, its random stream: a resume says so).
 RESUME_FREE_OPTIONS = {"epochs", "device", "backend", "fused", "resume", "override", "progress", "precision",
-                       "cuda_graphs", "deterministic",
+                       "cuda_graphs", "deterministic", "overwrite", "data_fingerprint",
                        "stop_after_epoch", "protocol_overrides"}
 
 
@@ -132,7 +133,45 @@ def resume_differences(stored_cfg: dict, stored_opts: dict, cfg: CMATHConfig, op
             diffs.append(f"{key} {a!r} -> {b!r}")
     if opts.epochs < done_epochs:
         diffs.append(f"epochs {opts.epochs} < the {done_epochs} already trained")
+    old_fp, new_fp = stored_opts.get("data_fingerprint"), opts.data_fingerprint
+    # the content and the splits decide; a file moved or renamed is the same data. A run made before
+    # fingerprints were recorded compares nothing.
+    if old_fp and new_fp and (old_fp.get("sha256"), old_fp.get("splits")) != (new_fp.get("sha256"), new_fp.get("splits")):
+        diffs.append(f"data {describe_fingerprint(old_fp)} -> {describe_fingerprint(new_fp)}")
     return diffs
+
+
+RUN_FILES = ("metrics.json", "config.json", "history.csv", "best.safetensors", "last.safetensors", "curves.png",
+             "confusion.png", "resume-overrides.json")
+
+
+def remove_run_files(out_dir: str) -> List[str]:
+    """Remove a run's own files (``RUN_FILES``, in the folder and its seedK/ folders; nothing
+    else): what --overwrite replaces. -> the paths removed."""
+    removed = []
+    folders = [out_dir] + sorted(os.path.join(out_dir, n) for n in os.listdir(out_dir)
+                                 if n.startswith("seed") and os.path.isdir(os.path.join(out_dir, n)))
+    for folder in folders:
+        for name in RUN_FILES:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                os.unlink(path)
+                removed.append(path)
+        if folder != out_dir and not os.listdir(folder):
+            os.rmdir(folder)
+    return removed
+
+
+def existing_run(out_dir: str) -> Optional[str]:
+    """What run a folder already holds ("a finished run", "an unfinished run ..."), or None."""
+    for sub in [""] + sorted(n for n in (os.listdir(out_dir) if os.path.isdir(out_dir) else [])
+                             if n.startswith("seed")):
+        folder = os.path.join(out_dir, sub)
+        if os.path.isfile(os.path.join(folder, "metrics.json")):
+            return "a finished run (metrics.json)"
+        if os.path.isfile(os.path.join(folder, "last.safetensors")):
+            return "an unfinished run (last.safetensors)"
+    return None
 
 
 def record_override(out_dir: str, diffs: List[str]) -> None:

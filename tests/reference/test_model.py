@@ -243,5 +243,17 @@ def test_triton_backend_refused_with_reason(monkeypatch):
 
 
 def test_all_switch_combinations_build():
+    """Every gating and fusion switch builds the modules it names (and only those), and runs."""
+    batch = make_batch(CMATHConfig.tiny(), [3, 1])
     for gate, fusion in itertools.product(SWITCHES["cross_gate"], SWITCHES["fusion"]):
-        CMATH(CMATHConfig.tiny(cross_gate=gate, fusion=fusion), backend="torch")
+        model = CMATH(CMATHConfig.tiny(cross_gate=gate, fusion=fusion), backend="torch")
+        attn = model.cma["t"].layers[0].attn
+        assert attn.gated == (gate == "gate") and hasattr(attn, "w_g") == (gate == "gate"), (gate, fusion)
+        fusion_module = model.fusion
+        assert fusion_module.kind == fusion
+        assert hasattr(fusion_module, "experts") == (fusion == "poe"), (gate, fusion)
+        assert hasattr(fusion_module, "w_musigma") == (fusion == "gaussian"), (gate, fusion)
+        out = model(*batch[:5])
+        assert out.logits.shape == (2, 3, model.cfg.num_classes) and torch.isfinite(out.logits).all()
+        if fusion == "concat":
+            assert torch.count_nonzero(out.kl) == 0
