@@ -20,7 +20,6 @@ place, so that one component failing on a GPU does not take the others down.
 
 from __future__ import annotations
 
-import functools
 from typing import Dict, List, Sequence
 
 import torch
@@ -40,18 +39,24 @@ from .torch_impl import TorchImplementation
 from .unfused import attention_ref, layer_norm_each
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_positions(L: int, d: int, device, dtype) -> torch.Tensor:
-    return sinusoidal_positions(L, d, device=device, dtype=dtype)
+# (width, device, dtype) -> the position tables made so far, the last the longest. Every table is
+# kept: a captured CUDA graph reads the one it was captured with by address, so none may be freed
+# (an LRU cache evicting it would hand the graph freed memory). Capacities grow by powers of two,
+# so all of them together hold less than twice the longest.
+_POSITION_TABLES: Dict[tuple, List[torch.Tensor]] = {}
 
 
 def _positions(L: int, d: int, device, dtype) -> torch.Tensor:
-    """The sinusoidal position table, computed once per (length, width, device, dtype): the
-    reference recomputes it (eight launches) every forward. Under torch.compile it is traced
-    (Inductor folds it), not cached."""
+    """The sinusoidal position table's first L rows, from a table made once per (width, device,
+    dtype) and capacity: the reference recomputes it (eight launches) every forward. Under
+    torch.compile it is traced (Inductor folds it), not cached."""
     if _compiling():
         return sinusoidal_positions(L, d, device=device, dtype=dtype)
-    return _cached_positions(L, d, device, dtype)
+    tables = _POSITION_TABLES.setdefault((d, str(device), dtype), [])
+    if not tables or tables[-1].shape[0] < L:
+        capacity = max(128, 1 << max(0, int(L) - 1).bit_length())
+        tables.append(sinusoidal_positions(capacity, d, device=device, dtype=dtype))
+    return tables[-1][:L]
 
 
 def _stacked_dict(names, stacked: torch.Tensor) -> Dict[str, torch.Tensor]:

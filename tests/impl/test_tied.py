@@ -76,3 +76,19 @@ def test_fused_model_with_tied_stacks_trains_like_the_reference(tmp_path):
     tensors = read_checkpoint(path)[0]
     for k, v in fused.state_dict().items():
         assert torch.equal(tensors[f"model/{k}"], v), k
+
+
+def test_position_tables_live_as_long_as_the_process():
+    """A captured CUDA graph reads the position table it was captured with by address: past any
+    number of lengths, a table handed out earlier is still held (never freed for reuse), and every
+    slice equals the reference's table of that length."""
+    from cmath_fast.impl import triton_impl
+    from cmath_fast.reference.layers import sinusoidal_positions
+    triton_impl._POSITION_TABLES.pop((16, "cpu", torch.float32), None)
+    first = triton_impl._positions(5, 16, torch.device("cpu"), torch.float32)
+    base = first.untyped_storage().data_ptr()
+    for L in (1, 7, 64, 129, 300, 700, 40):
+        assert torch.equal(triton_impl._positions(L, 16, "cpu", torch.float32), sinusoidal_positions(L, 16))
+    tables = triton_impl._POSITION_TABLES[(16, "cpu", torch.float32)]
+    assert [t.shape[0] for t in tables] == [128, 256, 512, 1024]
+    assert tables[0].untyped_storage().data_ptr() == base
