@@ -35,7 +35,7 @@ def fwd_warps(block_d: int) -> int:
     return 8 if block_d >= 1024 else 4
 
 
-@triton.jit(do_not_specialize=["R", "D"])
+@triton.jit(do_not_specialize=["R"])
 def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, R, D, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """X, Y (C, R, D) contiguous; W, B (C, D); MEAN, RSTD (C, R) fp32.
     This program normalises BLOCK_R whole rows of stack program_id(1)."""
@@ -98,7 +98,7 @@ def _ln_bwd_cols(DY, X, MEAN, RSTD, DW, DB, c, q, R, D, BLOCK_C: tl.constexpr, B
     tl.store(DB + c * D + offs_d, acc_b, mask=offs_d < D)
 
 
-@triton.jit(do_not_specialize=["R", "D", "n_row_blocks"])
+@triton.jit(do_not_specialize=["R", "n_row_blocks"])
 def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, DW, DB, R, D, n_row_blocks,
                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_RR: tl.constexpr):
     """DY, X, DX (C, R, D) contiguous; W (C, D); MEAN, RSTD (C, R) fp32; DW, DB (C, D) fp32.

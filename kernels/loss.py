@@ -98,7 +98,7 @@ def _cos_stats(FINE, COARSE, c, offs_n, n_ok, N, D, BLOCK_N: tl.constexpr, BLOCK
     return dot, tl.sqrt(nx), tl.sqrt(ny)
 
 
-@triton.jit(do_not_specialize=["N", "D"])
+@triton.jit(do_not_specialize=["N"])
 def _loss_rows_kernel(Z, F, Y, VALID, CW, FINE, COARSE, KL, PART, N, K, D, inv_tau,
                       C: tl.constexpr, HAS_CW: tl.constexpr, HAS_KL: tl.constexpr, FEAT: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -177,7 +177,7 @@ def _loss_total_kernel(PART, P, REC, BETA, TOTAL, TERMS, beta_value, kd_scale, g
     tl.store(TERMS + 9, n)
 
 
-@triton.jit(do_not_specialize=["N", "D"])
+@triton.jit(do_not_specialize=["N"])
 def _loss_bwd_kernel(Z, F, Y, VALID, CW, FINE, COARSE, TERMS, GT, DZ, DF, DFINE, DKL, DREC, N, K, D, inv_tau,
                      kd_scale, g_fine, g_kd, g_feat, l_rec,
                      C: tl.constexpr, HAS_CW: tl.constexpr, TEACHER_GRAD: tl.constexpr, NEED_FINE: tl.constexpr,

@@ -26,7 +26,12 @@ BLOCK_D = 64
 BLOCK_R = 256
 
 
-@triton.jit(do_not_specialize=["N", "S0", "S1", "S2", "D0", "D1", "D2", "C_X"])
+def padded_width(dims) -> int:
+    """The standardised rows' width: the widest group's, rounded up to a multiple of 16."""
+    return -(-max(dims) // 16) * 16
+
+
+@triton.jit(do_not_specialize=["N"])
 def _standardise_kernel(X0, X1, X2, M0, M1, M2, SD0, SD1, SD2, SRC, OUT, POS, LEN,
                         N, S0, S1, S2, D0, D1, D2, C_X,
                         HAS_SRC: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -72,7 +77,7 @@ def _rec_total_kernel(PART, P, POS, LEN, N, REC, NV, BLOCK: tl.constexpr):
     tl.store(NV, n)
 
 
-@triton.jit(do_not_specialize=["N", "D0", "D1", "D2", "C_Y", "C_R"])
+@triton.jit(do_not_specialize=["N"])
 def _rec_bwd_kernel(XHAT, REF, GREC, NV, DXHAT, POS, LEN, N, D0, D1, D2, C_Y, C_R,
                     G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """XHAT, DXHAT (G, N, C_Y), REF (G, N, C_R) contiguous; GREC, NV () fp32.
@@ -93,11 +98,13 @@ def _rec_bwd_kernel(XHAT, REF, GREC, NV, DXHAT, POS, LEN, N, D0, D1, D2, C_Y, C_
 
 def standardise_fwd(xs, means, stds, src, pos, lens, out_dtype):
     """xs: G (rows, D_g) with a unit feature stride; means, stds: G (D_g,); src (N,) int64 or None
-    (then N = rows); pos, lens (N,) int32 -> (G, N, max D_g) in ``out_dtype``."""
+    (then N = rows); pos, lens (N,) int32 -> (G, N, C_X) in ``out_dtype``, C_X = max D_g rounded up
+    to a multiple of 16 (``padded_width``: rows of whole 16-byte runs, which the first convolution
+    then reads with vector loads), zero past each group's D_g."""
     G = len(xs)
     N = src.shape[0] if src is not None else xs[0].shape[0]
     dims = [x.shape[1] for x in xs]
-    C_X = max(dims)
+    C_X = padded_width(dims)
     out = torch.empty((G, N, C_X), device=xs[0].device, dtype=out_dtype)
     launch(_standardise_kernel, (triton.cdiv(max(N, 1), BLOCK_M), triton.cdiv(C_X, BLOCK_D), G),
            *_three(xs), *_three(means), *_three(stds), src if src is not None else pos, out, pos, lens,

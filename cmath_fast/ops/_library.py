@@ -230,8 +230,9 @@ def _standardise(x, mean, std, src, pos, lens, out_dtype):
 
 
 def _standardise_fake(x, mean, std, src, pos, lens, out_dtype):
+    from ..kernels.reconstruction import padded_width
     N = src.shape[0] if src is not None else x[0].shape[0]
-    return x[0].new_empty((len(x), N, max(t.shape[1] for t in x)), dtype=out_dtype)
+    return x[0].new_empty((len(x), N, padded_width([t.shape[1] for t in x])), dtype=out_dtype)
 
 
 def _rec_total(part, pos, lens):

@@ -45,8 +45,9 @@ def standardise_rows(xs: Sequence[torch.Tensor], means: Sequence[torch.Tensor], 
                      pos: torch.Tensor, lens: torch.Tensor, src: Optional[torch.Tensor] = None) -> torch.Tensor:
     """xs: G <= 3 feature tensors (rows, D_g); means, stds: (D_g,) each; pos, lens (N,) int32 the
     rows' positions and dialogue lengths; src (N,) int64: the row of each x_g that output row r
-    reads (packed rows; the identity when None) -> (G, N, max D_g): (x - mean) / std on valid rows,
-    zero on padding rows and past each group's D_g, in the dtypes' promotion."""
+    reads (packed rows; the identity when None) -> (G, N, C_X), C_X the widest D_g rounded up to a
+    multiple of 16: (x - mean) / std on valid rows, zero on padding rows and past each group's D_g,
+    in the dtypes' promotion."""
     check_device("x", xs[0])
     xs = [x if x.stride(-1) == 1 else x.contiguous() for x in xs]
     out_dtype = float_promotion(xs[0].dtype, means[0].dtype)

@@ -100,15 +100,98 @@ def compile_cases(names, spill_check=(), cc=90):
     return out
 
 
-class Worker:
-    """A worker process compiling ``names`` for ``cc`` in the background; ``result()`` waits."""
+# What the report counts in the PTX: global loads and stores by width, asynchronous copies.
+_PTX_COUNTS = {
+    "ld16": re.compile(r"^\s*(?:@!?%\w+\s+)?ld\.global(?:\.[a-z0-9_:]+)*\.(?:b16|u16|s16|f16|bf16)\s", re.M),
+    "ld32": re.compile(r"^\s*(?:@!?%\w+\s+)?ld\.global(?:\.[a-z0-9_:]+)*\.(?:b32|u32|s32|f32)\s", re.M),
+    "ld_vec": re.compile(r"^\s*(?:@!?%\w+\s+)?ld\.global(?:\.[a-z0-9_:]+)*\.v[248]\.", re.M),
+    "st16": re.compile(r"^\s*(?:@!?%\w+\s+)?st\.global(?:\.[a-z0-9_:]+)*\.(?:b16|u16|s16|f16|bf16)\s", re.M),
+    "st_vec": re.compile(r"^\s*(?:@!?%\w+\s+)?st\.global(?:\.[a-z0-9_:]+)*\.v[248]\.", re.M),
+    "cp_async": re.compile(r"^\s*(?:@!?%\w+\s+)?cp\.async\.(?:ca|cg)\b", re.M),
+    "tma": re.compile(r"^\s*(?:@!?%\w+\s+)?cp\.async\.bulk\b", re.M),
+}
 
-    def __init__(self, names, spill_check=(), cc=90):
+
+def runtime_compile(launch, cc=90):
+    """Compile one recorded launch (``runtime_specs``) as Triton's runtime would: 16-byte aligned
+    pointers and integers divisible by 16 get the divisibility attribute, an integer equal to 1
+    becomes a constant, none of it for the kernel's ``do_not_specialize`` arguments."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = getattr(importlib.import_module(launch["module"]), launch["kernel"])
+    dns = {kernel.arg_names[i] if isinstance(i, int) else i for i in (kernel.do_not_specialize or ())}
+    sig, const, attrs = {}, dict(launch["constexprs"]), {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in const:
+            sig[name] = "constexpr"
+            continue
+        desc = launch["args"][name]
+        if "ptr" in desc:
+            sig[name] = "*" + desc["ptr"]
+            if desc["aligned"]:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif "int" in desc:
+            value = desc["int"]
+            if value == 1 and name not in dns:
+                sig[name], const[name] = "constexpr", 1
+                continue
+            sig[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+            if value % 16 == 0 and name not in dns:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif "float" in desc:
+            sig[name] = "fp32"
+        elif "bool" in desc:
+            sig[name] = "i1"
+        else:
+            sig[name], const[name] = "constexpr", None
+    src = ASTSource(fn=kernel, signature=sig, constexprs=const, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                          options={"num_warps": launch["num_warps"], "num_stages": launch["num_stages"]})
+
+
+def code_report(preset="iemocap", cc=90):
+    """Per distinct launch of one training step at ``preset``: registers, spills, shared memory,
+    global loads and stores by width, asynchronous copies, tensor-core instructions."""
+    from tests.kernels.runtime_specs import distinct, record_in_subprocess
+
+    rows = []
+    for launch in distinct(record_in_subprocess(preset)):
+        k = runtime_compile(launch, cc)
+        ptx = k.asm["ptx"]
+        regs, spills = ptxas_report(ptx, cc) or (None, None)
+        tiles = ",".join(f"{v}" for n, v in launch["constexprs"].items() if n.startswith("BLOCK"))
+        row = {"kernel": launch["kernel"].strip("_").replace("_kernel", ""), "tile": tiles,
+               "warps": launch["num_warps"], "stages": launch["num_stages"], "regs": regs, "spills": spills,
+               "shared": k.metadata.shared, "tensor_cores": len(TENSOR_CORE.findall(ptx))}
+        row.update({name: len(rx.findall(ptx)) for name, rx in _PTX_COUNTS.items()})
+        rows.append(row)
+    return rows
+
+
+def format_report(rows) -> str:
+    cols = ["kernel", "tile", "warps", "stages", "regs", "spills", "shared", "ld16", "ld32", "ld_vec", "st16",
+            "st_vec", "cp_async", "tma", "tensor_cores"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+class Worker:
+    """A worker process compiling ``names`` for ``cc`` in the background (or, given ``argv``, running
+    this module with those arguments); ``result()`` waits and returns its JSON."""
+
+    def __init__(self, names, spill_check=(), cc=90, argv=None):
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.out = tempfile.TemporaryFile(mode="w+")
         self.err = tempfile.TemporaryFile(mode="w+")
-        args = [sys.executable, "-m", "tests.kernels.aot", "--cc", str(cc), "--spill", ",".join(spill_check), *names]
+        args = [sys.executable, "-m", "tests.kernels.aot", *(argv or ["--cc", str(cc), "--spill",
+                                                                      ",".join(spill_check), *names])]
         self.proc = subprocess.Popen(args, stdout=self.out, stderr=self.err, env=env, cwd=root)
         self.cc = cc
         self._result = None
@@ -132,11 +215,16 @@ class Worker:
 _WORKERS = {}
 
 
-def start_worker(key, names, spill_check=(), cc=90) -> Worker:
+def start_worker(key, names, spill_check=(), cc=90, argv=None) -> Worker:
     """The worker for ``key``, started on first request (a later request returns the same one)."""
     if key not in _WORKERS:
-        _WORKERS[key] = Worker(names, spill_check, cc)
+        _WORKERS[key] = Worker(names, spill_check, cc, argv)
     return _WORKERS[key]
+
+
+def report_worker(preset="iemocap", cc=90) -> Worker:
+    """``code_report`` in a worker process (started once per preset and architecture)."""
+    return start_worker(f"report-{preset}-sm{cc}", (), cc=cc, argv=["--report-json", preset, str(cc)])
 
 
 def stop_workers():
@@ -147,6 +235,15 @@ def stop_workers():
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
+    if argv and argv[0] == "--report-json":
+        print(json.dumps(code_report(argv[1], int(argv[2]))))
+        sys.exit(0)
+    if argv and argv[0] == "--report":  # --report [PRESET] [CC]: the generated code of one step
+        preset = argv[1] if len(argv) > 1 else "iemocap"
+        cc = int(argv[2]) if len(argv) > 2 else 90
+        print(f"{preset}, sm_{cc}: one bf16-mixed training step's launches, compiled as the runtime does\n")
+        print(format_report(code_report(preset, cc)))
+        sys.exit(0)
     cc, spill = 90, ()
     while argv and argv[0].startswith("--"):
         if argv[0] == "--cc":

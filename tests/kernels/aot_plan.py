@@ -10,7 +10,7 @@ With ``CMATH_FAST_AOT_FULL=1``: every case (every dtype and flag combination) fo
 architecture, and every autotune candidate for sm_90.
 """
 
-from tests.kernels.aot import SHARED_LIMIT, start_worker
+from tests.kernels.aot import SHARED_LIMIT, report_worker, start_worker
 from tests.kernels.aot_cases import FULL, all_cases, autotune_cases
 
 LAUNCHER_TARGETS = (80, 86)
@@ -45,3 +45,5 @@ def start_all():
     for cc, (names, spill) in plan().items():
         start_worker(f"sm{cc}", names, spill, cc)
     start_worker("tune-sm90", list(autotune_cases()), (), 90)
+    for cc in (90, 80):  # the generated-code gates (test_generated_code.py)
+        report_worker("iemocap", cc)

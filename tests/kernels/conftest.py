@@ -5,7 +5,8 @@ from tests.kernels.aot import stop_workers
 
 
 def pytest_collection_finish(session):
-    if any("tests/kernels/test_a" in item.nodeid for item in session.items):
+    if any("tests/kernels/test_a" in item.nodeid or "tests/kernels/test_generated" in item.nodeid
+           for item in session.items):
         from tests.kernels.aot_plan import start_all
         start_all()
 
