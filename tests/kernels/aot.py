@@ -166,7 +166,8 @@ def code_report(preset="iemocap", cc=90):
         tiles = ",".join(f"{v}" for n, v in launch["constexprs"].items() if n.startswith("BLOCK"))
         row = {"kernel": launch["kernel"].strip("_").replace("_kernel", ""), "tile": tiles,
                "warps": launch["num_warps"], "stages": launch["num_stages"], "regs": regs, "spills": spills,
-               "shared": k.metadata.shared, "tensor_cores": len(TENSOR_CORE.findall(ptx))}
+               "shared": k.metadata.shared, "tensor_cores": len(TENSOR_CORE.findall(ptx)),
+               "unaligned": [n for n, a in launch["args"].items() if "ptr" in a and not a["aligned"]]}
         row.update({name: len(rx.findall(ptx)) for name, rx in _PTX_COUNTS.items()})
         rows.append(row)
     return rows

@@ -31,6 +31,14 @@ def test_every_kernel_family_is_launched_and_compiled(report):
     assert families >= {"standardise", "row", "rec", "ln", "cma", "vf", "loss"}, families
 
 
+def test_every_pointer_is_16_byte_aligned(report):
+    """The gates assume the runtime sees 16-byte aligned pointers (tied-stack slices, packed rows'
+    views and the launchers' own buffers included) at the preset's real sizes."""
+    cc, rows = report
+    unaligned = [(r["kernel"], r["unaligned"]) for r in rows if r["unaligned"]]
+    assert not unaligned, unaligned
+
+
 def test_no_spills(report):
     cc, rows = report
     spilled = [(r["kernel"], r["tile"], r["spills"]) for r in rows if r["spills"]]
