@@ -11,7 +11,10 @@ POS[r] in it; a row with POS[r] >= LEN[r] is padding. For a valid row r and tap 
 
 which is ``Conv1d(C_in, C_out, K, padding=PAD)`` over each dialogue zero-padded at both ends: a
 shifted row never crosses into the next dialogue, and padding rows are never read (their gradient
-is zero). W is the Conv1d weight (C_out, C_in, K) itself: same parameters, same state_dict.
+is zero). The kernels read the weight tap-major, (K, C_in, C_out) — the Conv1d weight (C_out, C_in,
+K) permuted, a copy the caller makes in the same pass as autocast's cast — so that a tile of it
+is a run of consecutive output channels (16-byte loads) instead of elements K apart; the weight
+gradient is written in the Conv1d layout, fp32 (the master weight's own).
 
 Groups: G <= 3 convolutions over the same rows with their own weights, input and output widths,
 in one launch (the grid's last axis; a group with fewer channel tiles than the widest writes
@@ -101,15 +104,17 @@ def _load_grad(DY, PRE, g, N, C_Y, rows, cols, ok, ACT: tl.constexpr):
 
 
 @triton.jit
-def _acc_taps(acc, X, src, src_ok, offs_k, offs_n, col_ok, W, w_first, C, C_w, j,
-              K: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def _acc_taps(acc, X, src, src_ok, offs_k, offs_n, col_ok, W, w_first, C, C_w, WS, j,
+              BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """acc += the rows X[src] (C channels, unit channel stride; X already offset to the group and
-    scaled by the row stride in ``src``) times tap j of W's input channels [w_first, w_first + C)."""
+    scaled by the row stride in ``src``) times tap j of W's input channels [w_first, w_first + C)
+    (W tap-major (K, C_w, C_out) with row stride WS >= C_out: a row of the tile is consecutive
+    output channels)."""
     for c0 in range(0, C, BLOCK_K):
         kk = c0 + offs_k
         k_ok = kk < C
         x = tl.load(X + src[:, None] + kk[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(W + offs_n[None, :] * (C_w * K) + (w_first + kk)[:, None] * K + j,
+        w = tl.load(W + j * (C_w * WS) + (w_first + kk)[:, None] * WS + offs_n[None, :],
                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
@@ -128,13 +133,14 @@ _FWD_DNS = ["N", "stride_xg", "stride_bg", "n_m", "n_n"]
 @triton.jit(do_not_specialize=_FWD_DNS)
 def _row_conv_fwd_kernel(
     X, XB, W0, W1, W2, B0, B1, B2, Y, PRE, REF, PART, POS, LEN,
-    N, stride_xg, stride_xn, stride_bg, stride_bn, CI0, CI1, CI2, CO0, CO1, CO2, C_B, C_Y, C_R, n_m, n_n,
+    N, stride_xg, stride_xn, stride_bg, stride_bn, CI0, CI1, CI2, CO0, CO1, CO2, WS0, WS1, WS2, C_B, C_Y, C_R,
+    n_m, n_n,
     K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_XB: tl.constexpr,
     SAVE_PRE: tl.constexpr, REC: tl.constexpr, G: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """X (G, N, >= CI_g) and XB (G, N, C_B) with unit channel strides; W_g (CO_g, CI_g + C_B, K) and
+    """X (G, N, >= CI_g) and XB (G, N, C_B) with unit channel strides; W_g (K, CI_g + C_B, CO_g) and
     B_g (CO_g,) contiguous; Y, PRE (G, N, C_Y) contiguous; POS, LEN (N,) int32. REC: REF (G, N, C_R)
     contiguous, PART (G, n_m, n_n) fp32 <- sum over the tile's valid rows of (y - ref)^2 / CO_g.
     One (BLOCK_M rows, BLOCK_N channels) tile of group program_id(2)."""
@@ -143,6 +149,7 @@ def _row_conv_fwd_kernel(
     BIAS = _pick(g, B0, B1, B2, G)
     C_in = _pick(g, CI0, CI1, CI2, G)
     C_out = _pick(g, CO0, CO1, CO2, G)
+    WS = _pick(g, WS0, WS1, WS2, G)
     C_w = C_in + C_B
     offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_out, BLOCK_M, BLOCK_N, BLOCK_K)
     out = g * N * C_Y + offs_m[:, None] * C_Y + offs_n[None, :]
@@ -154,10 +161,10 @@ def _row_conv_fwd_kernel(
             src_ok = row_ok & (pos + (j - PAD) >= 0) & (pos + (j - PAD) < ln)
             src = offs_m + (j - PAD)
             acc = _acc_taps(acc, X + g * stride_xg, src * stride_xn, src_ok, offs_k, offs_n, col_ok, W, 0, C_in,
-                            C_w, j, K, BLOCK_K, UPCAST, PRECISION)
+                            C_w, WS, j, BLOCK_K, UPCAST, PRECISION)
             if HAS_XB:
                 acc = _acc_taps(acc, XB + g * stride_bg, src * stride_bn, src_ok, offs_k, offs_n, col_ok, W, C_in,
-                                C_B, C_w, j, K, BLOCK_K, UPCAST, PRECISION)
+                                C_B, C_w, WS, j, BLOCK_K, UPCAST, PRECISION)
         if HAS_BIAS:
             acc += tl.load(BIAS + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if SAVE_PRE:
@@ -180,7 +187,7 @@ def _row_conv_fwd_kernel(
 @triton.jit(do_not_specialize=["N"])
 def _row_conv_bwd_dx_kernel(
     DY, PRE, W0, W1, W2, DX, DXB, POS, LEN,
-    N, CI0, CI1, CI2, CO0, CO1, CO2, C_B, C_Y, C_X,
+    N, CI0, CI1, CI2, CO0, CO1, CO2, WS0, WS1, WS2, C_B, C_Y, C_X,
     K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_XB: tl.constexpr, G: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
@@ -192,6 +199,7 @@ def _row_conv_bwd_dx_kernel(
     W = _pick(g, W0, W1, W2, G)
     C_in = _pick(g, CI0, CI1, CI2, G)
     C_out = _pick(g, CO0, CO1, CO2, G)
+    WS = _pick(g, WS0, WS1, WS2, G)
     C_w = C_in + C_B
     offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_w, BLOCK_M, BLOCK_N, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -204,7 +212,7 @@ def _row_conv_bwd_dx_kernel(
                 kk = c0 + offs_k
                 k_ok = kk < C_out
                 gr = _load_grad(DY, PRE, g, N, C_Y, dst, kk, dst_ok[:, None] & k_ok[None, :], ACT)
-                w = tl.load(W + kk[:, None] * (C_w * K) + offs_n[None, :] * K + j,
+                w = tl.load(W + j * (C_w * WS) + offs_n[None, :] * WS + kk[:, None],
                             mask=k_ok[:, None] & col_ok[None, :], other=0.0)
                 if UPCAST:
                     w = w.to(tl.float32)
@@ -275,21 +283,23 @@ def _row_conv_bwd_dw_kernel(
 
 def _groups(x, xb, weights, pos, lens):
     """Per-group (input, output) widths, checked: x (G, N, C_X) and xb (G, N, C_B) with unit channel
-    strides, weights G contiguous (CO_g, CI_g + C_B, K) of one K, pos/lens (N,) int32."""
+    strides, weights G contiguous tap-major (K, CI_g + C_B, CO_g) of one K, pos/lens (N,) int32."""
     G, N, C_X = x.shape
     C_B = xb.shape[-1] if xb is not None else 0
     if not 1 <= G <= 3 or len(weights) != G:
         raise ValueError(f"row conv: 1 to 3 groups, one weight each; got x {tuple(x.shape)} and {len(weights)} weights")
     if x.stride(-1) != 1 or (xb is not None and (xb.stride(-1) != 1 or tuple(xb.shape[:2]) != (G, N))):
         raise ValueError("x and xb: (G, N, C) with a contiguous channel dim, the same G and N")
-    K = weights[0].shape[-1]
+    K = weights[0].shape[0]
     c_in, c_out = [], []
     for w in weights:
-        if w.dim() != 3 or w.shape[-1] != K or not w.is_contiguous() or not 0 < w.shape[1] - C_B <= C_X:
-            raise ValueError(f"weight: expected contiguous (C_out, C_in + {C_B}, {K}) with C_in <= {C_X}, "
-                             f"got {tuple(w.shape)}")
+        dense = w.dim() == 3 and w.stride(2) == 1 and w.stride(1) >= w.shape[2] \
+            and w.stride(0) == w.shape[1] * w.stride(1)
+        if not dense or w.shape[0] != K or not 0 < w.shape[1] - C_B <= C_X:
+            raise ValueError(f"weight: expected tap-major ({K}, C_in + {C_B}, C_out), rows of C_out channels "
+                             f"(possibly padded), with C_in <= {C_X}; got {tuple(w.shape)} strides {w.stride()}")
         c_in.append(w.shape[1] - C_B)
-        c_out.append(w.shape[0])
+        c_out.append(w.shape[2])
     if pos.shape != (N,) or lens.shape != (N,) or pos.dtype != torch.int32 or lens.dtype != torch.int32:
         raise ValueError(f"pos and lens: expected ({N},) int32 tensors")
     return G, N, C_X, C_B, K, c_in, c_out
@@ -302,7 +312,7 @@ def _three(vals):
 
 
 def row_conv_fwd(x, xb, weights, biases, pos, lens, pad, act, save_pre, ref=None):
-    """x (G, N, C_X), xb (G, N, C_B) or None, weights G (CO_g, CI_g + C_B, K), biases G (CO_g,) or
+    """x (G, N, C_X), xb (G, N, C_B) or None, weights G tap-major (K, CI_g + C_B, CO_g), biases G (CO_g,) or
     None, pos/lens (N,) int32 -> (y (G, N, max CO_g) in x's dtype, pre or None, part or None).
     ``ref`` (G, N, C_R): also the reconstruction loss's partial sums ``part`` fp32 (see the module)."""
     G, N, C_X, C_B, K, c_in, c_out = _groups(x, xb, weights, pos, lens)
@@ -316,7 +326,8 @@ def row_conv_fwd(x, xb, weights, biases, pos, lens, pad, act, save_pre, ref=None
     args = (x, xb if xb is not None else x, *_three(weights), *bs, y, pre if pre is not None else y,
             ref if ref is not None else x, part if part is not None else y, pos, lens,
             N, x.stride(0), x.stride(1), xb.stride(0) if xb is not None else 0, xb.stride(1) if xb is not None else 0,
-            *_three(c_in), *_three(c_out), C_B, C_Y, ref.shape[-1] if ref is not None else 0, n_m, n_n)
+            *_three(c_in), *_three(c_out), *_three([w.stride(1) for w in weights]), C_B, C_Y,
+            ref.shape[-1] if ref is not None else 0, n_m, n_n)
     const = dict(K=K, PAD=int(pad), ACT=int(act), HAS_BIAS=biases is not None, HAS_XB=xb is not None,
                  SAVE_PRE=pre is not None, REC=ref is not None, G=G, UPCAST=upcast(x.dtype),
                  PRECISION=dot_precision(x.dtype))
@@ -351,7 +362,8 @@ def row_conv_bwd(dy, x, xb, weights, pre, pos, lens, pad, act, has_bias, need_dx
                     lambda m: (triton.cdiv(N, m["BLOCK_M"]), triton.cdiv(width, m["BLOCK_N"]), G), tile,
                     (ANY, ANY, dtype_name(x.dtype)),
                     dy, pre_arg, *_three(weights), dx, dxb if dxb is not None else dx, pos, lens,
-                    N, *_three(c_in), *_three(c_out), C_B, C_Y, C_X, **common,
+                    N, *_three(c_in), *_three(c_out), *_three([w.stride(1) for w in weights]), C_B, C_Y, C_X,
+                    **common,
                     key_values=(max(c_in) + C_B, C_Y, K))
     sizes = [co * (ci + C_B) * K for ci, co in zip(c_in, c_out)]
     ow = [sum(sizes[:g]) for g in range(G)]

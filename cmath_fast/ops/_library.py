@@ -71,6 +71,12 @@ def _last_dim_dense(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _taps_dense(w):
+    """A tap-major weight (K, C_in, C_out) whose rows may be padded (``ops.row_conv.tap_major``):
+    kept as it is when its rows are evenly strided, else made contiguous."""
+    return w if w.stride(2) == 1 and w.stride(0) == w.shape[1] * w.stride(1) else w.contiguous()
+
+
 # ------------------------------------------------------------------------------ implementations
 def _cma_fwd(q, k, v, gates, q_len, kv_len, seed, sm_scale, dropout_p, joint, store_ungated, starts=None,
              max_len=0):
@@ -174,7 +180,7 @@ def _row_conv_fwd(x, xb, weight, bias, pos, lens, pad, act, save_pre, ref=None):
     if xb is not None and xb.stride(-1) != 1:
         xb = xb.contiguous()
     pos, lens, ref = _dense(pos, lens, ref)
-    weight = list(_dense(*weight))
+    weight = [_taps_dense(w) for w in weight]  # padded tap-major rows are read by their stride
     bias = list(_dense(*bias)) if bias is not None else None
     y, pre, part = row_conv_fwd(x, xb, weight, bias, pos, lens, pad, act, save_pre, ref)
     f32 = dict(dtype=torch.float32)
@@ -185,7 +191,7 @@ def _row_conv_fwd_fake(x, xb, weight, bias, pos, lens, pad, act, save_pre, ref=N
     import triton
     from ..kernels.configs import row_conv_tile
     G, N = x.shape[0], x.shape[1]
-    shape = (G, N, max(w.shape[0] for w in weight))
+    shape = (G, N, max(w.shape[2] for w in weight))  # tap-major weights (K, C_in, C_out)
     f32 = dict(dtype=torch.float32)
     if ref is not None:
         tile = row_conv_tile("fwd", x.dtype)
@@ -202,7 +208,7 @@ def _row_conv_bwd(dy, x, xb, weight, pre, pos, lens, pad, act, has_bias, need_dx
     if xb is not None and xb.stride(-1) != 1:
         xb = xb.contiguous()
     dy, pre, pos, lens = _dense(dy, pre, pos, lens)
-    weight = list(_dense(*weight))
+    weight = [_taps_dense(w) for w in weight]
     dx, dxb, dw, db = row_conv_bwd(dy, x, xb, weight, pre if pre.numel() else None, pos, lens, pad, act, has_bias,
                                    need_dx)
     f32 = dict(dtype=torch.float32)
@@ -213,12 +219,11 @@ def _row_conv_bwd(dy, x, xb, weight, pre, pos, lens, pad, act, has_bias, need_dx
 def _row_conv_bwd_fake(dy, x, xb, weight, pre, pos, lens, pad, act, has_bias, need_dx):
     f32 = dict(dtype=torch.float32)
     c_b = xb.shape[-1] if xb is not None else 0
-    K = weight[0].shape[-1]
-    n_w = sum(w.shape[0] * w.shape[1] * K for w in weight)
+    n_w = sum(w.numel() for w in weight)  # tap-major weights (K, C_in, C_out)
     return (x.new_empty(tuple(x.shape)) if need_dx else _empty(x),
             x.new_empty((x.shape[0], x.shape[1], c_b)) if (need_dx and xb is not None) else _empty(x),
             x.new_empty((n_w,), **f32),
-            x.new_empty((sum(w.shape[0] for w in weight),) if has_bias else (0,), **f32))
+            x.new_empty((sum(w.shape[2] for w in weight),) if has_bias else (0,), **f32))
 
 
 def _standardise(x, mean, std, src, pos, lens, out_dtype):

@@ -29,17 +29,33 @@ def dialogue_rows(lengths: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, to
     return pos, lens
 
 
+def tap_major(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A Conv1d weight (C_out, C_in, K) as the kernels read it: (K, C_in, C_out) in ``dtype``, each
+    row of C_out channels padded to a multiple of 16 (a view of the padded buffer: rows of whole
+    16-byte runs whatever C_out is). One copy that casts and permutes in the same pass (the cast
+    autocast would make anyway)."""
+    c_out = w.shape[0]
+    buf = torch.empty((w.shape[2], w.shape[1], -(-c_out // 16) * 16), device=w.device, dtype=dtype)
+    out = buf[..., :c_out]
+    out.copy_(w.detach().permute(2, 1, 0))
+    return out
+
+
 class RowConvFunction(torch.autograd.Function):
     """y (G, N, C_Y) [, reconstruction partial sums] of G grouped row convolutions; params: the G
-    weights, then the G biases (when there are biases)."""
+    weights (Conv1d's layout, any float dtype: the master weights themselves, read in x's dtype
+    through ``tap_major``), then the G biases (when there are biases). The weight gradients come
+    back in fp32 from the kernel and are handed to the weights in their own dtype: an fp32 master
+    weight under autocast gets its gradient with no cast at all."""
 
     @staticmethod
     def forward(ctx, x, xb, pos, lens, pad, act, ref, n_groups, *params):
         ctx.set_materialize_grads(False)
-        weights = list(params[:n_groups])
+        taps = [tap_major(w, x.dtype) for w in params[:n_groups]]
         biases = list(params[n_groups:]) or None
-        y, pre, part = op("row_conv_fwd")(x, xb, weights, biases, pos, lens, pad, act, any(ctx.needs_input_grad), ref)
-        ctx.save_for_backward(x, xb, pre, pos, lens, *weights)
+        y, pre, part = op("row_conv_fwd")(x, xb, taps, biases, pos, lens, pad, act, any(ctx.needs_input_grad), ref)
+        ctx.save_for_backward(x, xb, pre, pos, lens, *taps)
+        ctx.weights = [(w.shape, w.dtype) for w in params[:n_groups]]
         ctx.cfg = (pad, act, n_groups, [b.dtype for b in biases] if biases is not None else None)
         ctx.mark_non_differentiable(part)
         return y, part
@@ -50,18 +66,18 @@ class RowConvFunction(torch.autograd.Function):
         n_params = G * (2 if b_dtypes is not None else 1)
         if dy is None:
             return (None,) * (8 + n_params)
-        x, xb, pre, pos, lens, *weights = ctx.saved_tensors
+        x, xb, pre, pos, lens, *taps = ctx.saved_tensors
         need_x, need_xb = ctx.needs_input_grad[:2]
         with nvtx_range("op/row_conv", "bwd"):
-            dx, dxb, dw, db = op("row_conv_bwd")(dy.to(x.dtype).contiguous(), x, xb, weights, pre, pos, lens, pad,
+            dx, dxb, dw, db = op("row_conv_bwd")(dy.to(x.dtype).contiguous(), x, xb, taps, pre, pos, lens, pad,
                                                  act, b_dtypes is not None, bool(need_x or need_xb))
         dws, dbs, at, bt = [], [], 0, 0
-        for g, w in enumerate(weights):
-            dws.append(dw[at:at + w.numel()].view(w.shape).to(w.dtype))
-            at += w.numel()
+        for g, (shape, dtype) in enumerate(ctx.weights):
+            dws.append(dw[at:at + shape.numel()].view(shape).to(dtype))
+            at += shape.numel()
             if b_dtypes is not None:
-                dbs.append(db[bt:bt + w.shape[0]].to(b_dtypes[g]))
-                bt += w.shape[0]
+                dbs.append(db[bt:bt + shape[0]].to(b_dtypes[g]))
+                bt += shape[0]
         return (dx if need_x else None, dxb if need_xb else None, None, None, None, None, None, None, *dws, *dbs)
 
 
@@ -73,7 +89,7 @@ def _check_conv(x, weights, biases, pos, lens, activation, c_b=0):
     check_device("x", x)
     K = weights[0].shape[-1] if weights[0].dim() == 3 else None
     for g, w in enumerate(weights):
-        check_tensor("weight", w, ndim=3, dtype=x.dtype, device=x.device)
+        check_tensor("weight", w, ndim=3, floating=True, device=x.device)
         if not 0 < w.shape[1] - c_b <= x.shape[-1]:
             raise ValueError(f"weight: expected at most {x.shape[-1]} input channels"
                              f"{f' + {c_b} of xb' if c_b else ''} (x is {tuple(x.shape)}), got {tuple(w.shape)}")
@@ -97,8 +113,9 @@ def row_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     padding K // 2; pos, lens (N,) each row's position in its dialogue and that dialogue's length
     (``dialogue_rows`` builds them for the padded layout) -> act(conv) (N, C_out), zero on padding
     rows (pos >= lens). A shifted row never crosses into another dialogue; padding rows are never
-    read. Inside ``torch.autocast`` x, weight and bias run in the autocast dtype, as Conv1d's do."""
-    x, weight, bias = autocast_inputs(x, weight, bias)
+    read. Inside ``torch.autocast`` x, weight and bias run in the autocast dtype, as Conv1d's do (the
+    weight is cast inside the op, and its gradient handed back in the weight's own dtype)."""
+    x, bias = autocast_inputs(x, bias)
     check_tensor("x", x, ndim=2, floating=True)
     check_tensor("weight", weight, ndim=3)
     if weight.shape[1] != x.shape[1]:
@@ -120,9 +137,12 @@ def row_conv_groups(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Op
     xb (G, N, C_B): channels that continue each group's input (as ``cat([x_g, xb_g], -1)``)
     -> y (G, N, max CO_g), zero past each group's CO_g channels and on padding rows. ``ref``
     (G, N, >= CO_g): also returns the reconstruction loss's partial sums (fp32; see
-    ``kernels.row_conv``) of sum over valid rows of |y_g - ref_g|^2 / CO_g: (y, part)."""
-    # (ref is read in any float dtype: under autocast the loss compares with the uncast values)
-    x, xb, weights, biases = autocast_inputs(x, xb, list(weights), list(biases) if biases else None)
+    ``kernels.row_conv``) of sum over valid rows of |y_g - ref_g|^2 / CO_g: (y, part). Inside
+    ``torch.autocast`` x, xb and the biases run in the autocast dtype; the weights are read in that
+    dtype and their gradients handed back in their own (fp32 master weights: no cast)."""
+    # (ref is read in any float dtype: under autocast the loss compares with the uncast values; the
+    # weights are cast inside the op, where they are also laid out tap-major, in one copy)
+    x, xb, biases = autocast_inputs(x, xb, list(biases) if biases else None)
     check_tensor("x", x, ndim=3, floating=True)
     if not 1 <= x.shape[0] <= 3 or len(weights) != x.shape[0]:
         raise ValueError(f"row_conv_groups: 1 to 3 groups with one weight each, got x {tuple(x.shape)} and "

@@ -69,3 +69,7 @@ def test_hidden_layers_of_the_unets_write_and_stream_by_16_bytes(report):
     assert sum(r["st16"] == 0 and r["st_vec"] > 0 for r in fwd) >= 3, fwd  # enc1, enc2, dec1 (dec2: 1582 wide)
     dw = [r for r in rows if r["kernel"] == "row_conv_bwd_dw"]
     assert sum(r["cp_async"] > 0 for r in dw) >= 3, dw
+    # the weight, read tap-major, streams asynchronously in the forward and the input gradient
+    assert sum(r["cp_async"] > 0 for r in fwd) >= 3, fwd
+    dx = [r for r in rows if r["kernel"] == "row_conv_bwd_dx"]
+    assert sum(r["ld16"] == 0 and r["cp_async"] > 0 for r in dx) >= 2, dx  # dec1, enc2 (enc1 needs no dX)

@@ -183,12 +183,13 @@ def test_opcheck(act, bias, groups):
     if groups:  # three groups of different widths, a second input, the reconstruction sums
         x = torch.randn(3, 10, 16, generator=g).to(DEVICE)
         xb = torch.randn(3, 10, 8, generator=g).to(DEVICE)
-        ws = [torch.randn(co, ci + 8, 3, generator=g).to(DEVICE) for ci, co in ((16, 20), (9, 12), (16, 4))]
+        # the operators take tap-major weights (K, C_in, C_out)
+        ws = [torch.randn(3, ci + 8, co, generator=g).to(DEVICE) for ci, co in ((16, 20), (9, 12), (16, 4))]
         ref = torch.randn(3, 10, 20, generator=g).to(DEVICE)
     else:
         x, xb, ref = torch.randn(1, 10, 16, generator=g).to(DEVICE), None, None
-        ws = [torch.randn(20, 16, 3, generator=g).to(DEVICE)]
-    bs = [torch.randn(w.shape[0], generator=g).to(DEVICE) for w in ws] if bias else None
+        ws = [torch.randn(3, 16, 20, generator=g).to(DEVICE)]
+    bs = [torch.randn(w.shape[2], generator=g).to(DEVICE) for w in ws] if bias else None
     torch.library.opcheck(torch.ops.cmath_fast.row_conv_fwd, (x, xb, ws, bs, pos, ln, 1, act, True, ref),
                           test_utils=OPCHECK_TESTS)
     y, pre, _ = torch.ops.cmath_fast.row_conv_fwd(x, xb, ws, bs, pos, ln, 1, act, True, ref)
