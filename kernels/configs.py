@@ -146,7 +146,10 @@ ROW_CONV = (
 # mma.sync; 32 rows do not.
 FUSION_BY_FAMILY: Dict[str, tuple] = {family: (("vf_fwd", 64, 64, ANY, Tile(32, 0, 0, 8, 3)),)
                                       for family in ("sm80", "sm86")}
-ROW_CONV_BY_FAMILY: Dict[str, tuple] = {}
+# The row convolution's dX tile reads the tap-major weight transposed: with 4 warps it spills with
+# mma.sync (sm_80, sm_86), with 8 it does not.
+ROW_CONV_BY_FAMILY: Dict[str, tuple] = {family: (("bwd_dx", ANY, ANY, ANY, Tile(64, 64, 32, 8, 3)),)
+                                        for family in ("sm80", "sm86")}
 
 INTERPRETER = Tile(16, 16, 16, 1, 1)
 FUSION_Z_BUCKETS = (16, 32, 64)
