@@ -125,7 +125,7 @@ def _compare(cfg, lengths, fused, dtype, device) -> tuple:
     return worst, where
 
 
-def _component_checks(quick: bool, device: str, dtype) -> List[tuple]:
+def _component_checks(quick: bool, dtype) -> List[tuple]:
     """(name, component, fused set, config overrides) of each component check, then the whole model."""
     checks = [
         ("attention (padded)", "attention", {"attention"}, {}),
@@ -242,7 +242,7 @@ def run(device: Optional[str] = None, quick: bool = False, report: Optional[Call
             report(check)
     for dtype in device_dtypes(device):
         dname = DTYPE_NAMES[dtype]
-        for name, component, fused, overrides in _component_checks(quick, device, dtype):
+        for name, component, fused, overrides in _component_checks(quick, dtype):
             c = cfg.replace(**overrides) if overrides else cfg
             add(_timed(name, dname, component,
                        lambda c=c, fused=fused, dtype=dtype: _model_check(c, lengths, fused, dtype, device)))

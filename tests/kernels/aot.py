@@ -19,7 +19,6 @@ import tempfile
 
 # Per-block opt-in shared memory of each compiled architecture (bytes).
 SHARED_LIMIT = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448, 100: 232_448, 120: 101_376}
-H100_SMEM = SHARED_LIMIT[90]
 TYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 SCALARS = {"sm_scale": "fp32", "p_drop": "fp32", "logvar_clamp": "fp32", "inv_tau": "fp32",
            "eps": "fp32", **{name: "fp32" for name in ("beta_value", "kd_scale", "g_fine", "g_kd", "g_feat", "l_rec")}}
