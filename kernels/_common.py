@@ -41,6 +41,20 @@ def block_d(dh: int) -> int:
     return max(16, triton.next_power_of_2(dh))
 
 
+def stride_units(*strides: int):
+    """(unit, counts): strides that change from batch to batch (a group's or a stream's N x C, a
+    padded batch's L x C), which the kernels leave unspecialised, as counts of ``unit`` elements,
+    ``unit`` the largest of 16, 8, 4, 2, 1 dividing every one of them. A kernel takes ``unit``
+    as a specialised argument and multiplies it back (``stride = count * unit``): with unit 16 the
+    compiler knows every such offset keeps 16-byte runs aligned (vector and asynchronous loads),
+    while the counts stay unspecialised, so a new batch compiles no new variant. (``tl.multiple_of``
+    on a scalar argument is dropped by the compiler; this is what it would have said.)"""
+    unit = 16
+    while unit > 1 and any(s % unit for s in strides):
+        unit //= 2
+    return unit, tuple(s // unit for s in strides)
+
+
 @triton.jit
 def tile_prologue(pid, BLOCK: tl.constexpr, length, BLOCK_D: tl.constexpr, dh):
     """Offsets and in-range masks of one BLOCK-row tile and of the (padded) head dim."""

@@ -38,7 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import BIG, LOG2E, NEG, block_d, dot_precision, launch, load_rows, tile_prologue, upcast
+from ._common import (BIG, LOG2E, NEG, block_d, dot_precision, launch, load_rows, stride_units,
+                      tile_prologue, upcast)
 from .autotune import launch_tile
 from .configs import attention_tile, dtype_name, length_bucket
 
@@ -88,7 +89,7 @@ def _cma_fwd_kernel(
     sm_scale, p_drop,
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
-    stride_kvls,
+    stride_kvls, SU,
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr, HAS_GATES: tl.constexpr, STORE_UNGATED: tl.constexpr,
@@ -103,6 +104,7 @@ def _cma_fwd_kernel(
     (see ``_dialogue_rows``; q, k, v, gates and outputs have one row axis, B = 1 in the strides).
 
     This program processes BLOCK_M query rows of one (batch, head) for every stream."""
+    stride_qb, stride_ks, stride_kb = stride_qb * SU, stride_ks * SU, stride_kb * SU  # see stride_units
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -201,7 +203,7 @@ def _cma_fwd_kernel(
 @triton.jit(do_not_specialize=["stride_dob", "Lq"])
 def _cma_bwd_preprocess_kernel(
     DO, O, OU, G, DELTA, DG, DOU, QLEN, START,
-    stride_dob, stride_dom, stride_dos, stride_doh,
+    stride_dob, stride_dom, stride_dos, stride_doh, SU,
     Lq, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HAS_GATES: tl.constexpr,
     PACKED: tl.constexpr,
@@ -213,6 +215,7 @@ def _cma_bwd_preprocess_kernel(
     O, OU, DOU (B, Lq, S, H, dh) and G (B, Lq, S, H) contiguous.
 
     This program processes BLOCK_M query rows of one (batch, head) for every stream."""
+    stride_dob = stride_dob * SU  # see stride_units
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -262,7 +265,7 @@ def _cma_bwd_dkdv_kernel(
     stride_ks, stride_kb, stride_kn, stride_kh,
     stride_dob, stride_dom, stride_dos, stride_doh,
     stride_dks, stride_dkb, stride_dkn, stride_dkh,
-    stride_kvls,
+    stride_kvls, SU,
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
@@ -272,6 +275,8 @@ def _cma_bwd_dkdv_kernel(
     gradient of the ungated output (the preprocess applied the gates).
 
     This program processes BLOCK_N keys of one (batch, stream, head), looping over query blocks."""
+    stride_qb, stride_ks, stride_kb = stride_qb * SU, stride_ks * SU, stride_kb * SU  # see stride_units
+    stride_dob, stride_dks, stride_dkb = stride_dob * SU, stride_dks * SU, stride_dkb * SU
     pid_n = tl.program_id(0)
     sh = tl.program_id(1)
     b = tl.program_id(2)
@@ -330,7 +335,7 @@ def _cma_bwd_dq_kernel(
     stride_qb, stride_qm, stride_qh,
     stride_ks, stride_kb, stride_kn, stride_kh,
     stride_dob, stride_dom, stride_dos, stride_doh,
-    stride_kvls,
+    stride_kvls, SU,
     Lq, Lk, H, dh,
     S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     JOINT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
@@ -341,6 +346,8 @@ def _cma_bwd_dq_kernel(
 
     This program processes BLOCK_M query rows of one (batch, head), looping over every stream's
     key blocks."""
+    stride_qb, stride_ks, stride_kb = stride_qb * SU, stride_ks * SU, stride_kb * SU  # see stride_units
+    stride_dob = stride_dob * SU
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -458,13 +465,30 @@ def cross_modal_attention_fwd(q, k, v, q_lengths, kv_lengths, gates, sm_scale, d
            q, k, v, gates if gates is not None else out, out, out_u if out_u is not None else out, lse,
            q_lengths, kv_lengths, _seed_arg(seed, q_lengths, dropout_p), _starts_arg(starts, q_lengths),
            float(sm_scale), float(dropout_p),
-           q4.stride(0), q4.stride(1), q4.stride(2), *k5.stride()[:4], kv_lengths.stride(0),
-           Lq, Lk, H, dh,
+           *_stride_args(q4, k5, kv_lengths.stride(0)), Lq, Lk, H, dh,
            S=S, BLOCK_D=bd, EVEN_D=bd == dh,
            HAS_GATES=gates is not None, STORE_UNGATED=out_u is not None, JOINT=bool(joint),
            HAS_DROPOUT=dropout_p > 0.0, UPCAST=upcast(q.dtype), PRECISION=dot_precision(q.dtype),
            PACKED=starts is not None, key_values=(Lq, dh))
     return out, out_u, lse
+
+
+def _stride_args(q4, k5, kvls, do5=None, dk5=None):
+    """The kernels' stride arguments in their order: q's (batch, row, head), k's (stream, batch,
+    row, head), then dO's and dK's (batch or stream, batch, row, head) when given, the key lengths'
+    stream stride and SU. The batch and stream strides, which change from batch to batch and are
+    not specialised, are passed as counts of SU elements (``stride_units``)."""
+    qb, qm, qh = q4.stride()[:3]
+    ks, kb, kn, kh = k5.stride()[:4]
+    varying = [qb, ks, kb] + ([do5.stride(0)] if do5 is not None else []) \
+        + (list(dk5.stride()[:2]) if dk5 is not None else [])
+    unit, c = stride_units(*varying)
+    args = [c[0], qm, qh, c[1], c[2], kn, kh]
+    if do5 is not None:
+        args += [c[3], *do5.stride()[1:4]]
+    if dk5 is not None:
+        args += [c[4], c[5], *dk5.stride()[2:4]]
+    return (*args, kvls, unit)
 
 
 def _starts_arg(starts, placeholder):
@@ -499,8 +523,8 @@ def cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths, 
     row_key = (length_bucket(Lq), bd, dtype_name(q.dtype))
     launch_tile("cma_bwd_preprocess", _cma_bwd_preprocess_kernel, lambda m: (triton.cdiv(Lq, m["BLOCK_M"]), H, B),
            pre, row_key, dout, out, out_u if out_u is not None else out, gates if gates is not None else dout,
-           delta, dgates if dgates is not None else delta, dout_u, q_lengths, starts_arg, *dout5.stride()[:4],
-           Lq, H, dh, S=S, BLOCK_D=bd, HAS_GATES=gates is not None, PACKED=packed, key_values=(Lq, dh))
+           delta, dgates if dgates is not None else delta, dout_u, q_lengths, starts_arg,
+           *stride_units(dout5.stride(0))[1], *dout5.stride()[1:4], stride_units(dout5.stride(0))[0], Lq, H, dh, S=S, BLOCK_D=bd, HAS_GATES=gates is not None, PACKED=packed, key_values=(Lq, dh))
 
     flags = dict(S=S, BLOCK_D=bd, JOINT=bool(joint), HAS_DROPOUT=dropout_p > 0.0, UPCAST=upcast(q.dtype),
                  PRECISION=dot_precision(q.dtype), PACKED=packed, key_values=(Lq, dh))
@@ -512,16 +536,13 @@ def cross_modal_attention_bwd(dout, q, k, v, out, out_u, lse, gates, q_lengths, 
     dk5 = dk.unsqueeze(1) if packed else dk
     dout_u5 = dout_u.unsqueeze(0) if packed else dout_u
     scalars = (_seed_arg(seed, q_lengths, dropout_p), starts_arg, float(sm_scale), float(dropout_p))
-    q_strides = (q4.stride(0), q4.stride(1), q4.stride(2))
     launch_tile("cma_bwd_dkdv", _cma_bwd_dkdv_kernel, lambda m: (triton.cdiv(Lk, m["BLOCK_N"]), S * H, B),
            attention_tile("cma_bwd_dkdv", Lq, bd, q.dtype), row_key, q, k, v, dout_u, lse, delta, dk, dv, q_lengths, kv_lengths, *scalars,
-           *q_strides, *k5.stride()[:4], *dout_u5.stride()[:4], *dk5.stride()[:4], kv_lengths.stride(0),
-           Lq, Lk, H, dh, **flags)
+           *_stride_args(q4, k5, kv_lengths.stride(0), dout_u5, dk5), Lq, Lk, H, dh, **flags)
     dq = torch.empty(tuple(q.shape), device=q.device, dtype=q.dtype)
     launch_tile("cma_bwd_dq", _cma_bwd_dq_kernel, lambda m: (triton.cdiv(Lq, m["BLOCK_M"]), H, B),
            attention_tile("cma_bwd_dq", Lq, bd, q.dtype), row_key, q, k, v, dout_u, lse, delta, dq, q_lengths, kv_lengths, *scalars,
-           *q_strides, *k5.stride()[:4], *dout_u5.stride()[:4], kv_lengths.stride(0),
-           Lq, Lk, H, dh, **flags)
+           *_stride_args(q4, k5, kv_lengths.stride(0), dout_u5), Lq, Lk, H, dh, **flags)
     return dq, dk, dv, dgates
 
 

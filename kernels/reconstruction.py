@@ -89,8 +89,12 @@ def _rec_bwd_kernel(XHAT, REF, GREC, NV, DXHAT, POS, LEN, N, D0, D1, D2, C_Y, C_
     pos, ln, row_ok = _rows(POS, LEN, offs_m, N)
     ok = row_ok[:, None] & (offs_d < D)[None, :]
     coef = 2.0 * tl.load(GREC).to(tl.float32) / (tl.load(NV) * D)
-    xh = tl.load(XHAT + g * N * C_Y + offs_m[:, None] * C_Y + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
-    ref = tl.load(REF + g * N * C_R + offs_m[:, None] * C_R + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    # each read up to its own (padded) width, whole 16-byte runs; the group's features picked after
+    rows = row_ok[:, None]
+    xh = tl.load(XHAT + g * N * C_Y + offs_m[:, None] * C_Y + offs_d[None, :], mask=rows & (offs_d < C_Y)[None, :],
+                 other=0.0).to(tl.float32)
+    ref = tl.load(REF + g * N * C_R + offs_m[:, None] * C_R + offs_d[None, :], mask=rows & (offs_d < C_R)[None, :],
+                  other=0.0).to(tl.float32)
     d = tl.where(ok, (xh - ref) * coef, 0.0)
     tl.store(DXHAT + g * N * C_Y + offs_m[:, None] * C_Y + offs_d[None, :], d.to(DXHAT.dtype.element_ty),
              mask=(offs_m < N)[:, None] & (offs_d < C_Y)[None, :])

@@ -21,7 +21,8 @@ in one launch (the grid's last axis; a group with fewer channel tiles than the w
 zeros in the rest). The inputs are one (G, N, C_X) tensor (group g reads its first CI_g
 channels); an optional second input XB (G, N, C_B) continues each group's channels, as the
 concatenation [x_g | xb_g] would, without the copy (the U-Net's skip connection). Outputs are one
-(G, N, C_Y) tensor, zero past each group's CO_g channels.
+(G, N, C_Y) tensor, C_Y the widest CO_g rounded up to a multiple of 16, zero past each group's CO_g
+channels.
 
 Kernels (each an implicit GEMM: the taps are K shifted loads of the same rows, no im2col buffer):
     fwd     y (and pre, saved for backward when act is GELU) — tiles of (rows, C_out); optionally
@@ -37,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, launch, upcast
+from ._common import dot_precision, launch, stride_units, upcast
 from .autotune import launch_tile
 from .configs import ANY, dtype_name, row_conv_tile
 
@@ -104,18 +105,20 @@ def _load_grad(DY, PRE, g, N, C_Y, rows, cols, ok, ACT: tl.constexpr):
 
 
 @triton.jit
-def _acc_taps(acc, X, src, src_ok, offs_k, offs_n, col_ok, W, w_first, C, C_w, WS, j,
+def _acc_taps(acc, X, src, src_ok, offs_k, offs_n, W, w_first, C, C_rd, C_w, WS, j,
               BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """acc += the rows X[src] (C channels, unit channel stride; X already offset to the group and
     scaled by the row stride in ``src``) times tap j of W's input channels [w_first, w_first + C)
-    (W tap-major (K, C_w, C_out) with row stride WS >= C_out: a row of the tile is consecutive
-    output channels)."""
+    (W tap-major (K, C_w, C_out) with row stride WS >= C_out, a multiple of 16, zero past C_out: a
+    row of the tile is whole 16-byte runs of consecutive output channels). X's rows are read up to
+    C_rd >= C channels (whole 16-byte runs where C_rd is a multiple of 16): the weight's rows past C
+    are masked to zero, so those columns add nothing."""
     for c0 in range(0, C, BLOCK_K):
         kk = c0 + offs_k
         k_ok = kk < C
-        x = tl.load(X + src[:, None] + kk[None, :], mask=src_ok[:, None] & k_ok[None, :], other=0.0)
+        x = tl.load(X + src[:, None] + kk[None, :], mask=src_ok[:, None] & (kk < C_rd)[None, :], other=0.0)
         w = tl.load(W + j * (C_w * WS) + (w_first + kk)[:, None] * WS + offs_n[None, :],
-                    mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+                    mask=k_ok[:, None] & (offs_n < WS)[None, :], other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
             w = w.to(tl.float32)
@@ -133,8 +136,8 @@ _FWD_DNS = ["N", "stride_xg", "stride_bg", "n_m", "n_n"]
 @triton.jit(do_not_specialize=_FWD_DNS)
 def _row_conv_fwd_kernel(
     X, XB, W0, W1, W2, B0, B1, B2, Y, PRE, REF, PART, POS, LEN,
-    N, stride_xg, stride_xn, stride_bg, stride_bn, CI0, CI1, CI2, CO0, CO1, CO2, WS0, WS1, WS2, C_B, C_Y, C_R,
-    n_m, n_n,
+    N, stride_xg, stride_xn, stride_bg, stride_bn, SU, CI0, CI1, CI2, XR0, XR1, XR2, CO0, CO1, CO2, WS0, WS1, WS2,
+    C_B, C_Y, C_R, n_m, n_n,
     K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_XB: tl.constexpr,
     SAVE_PRE: tl.constexpr, REC: tl.constexpr, G: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -143,11 +146,17 @@ def _row_conv_fwd_kernel(
     """X (G, N, >= CI_g) and XB (G, N, C_B) with unit channel strides; W_g (K, CI_g + C_B, CO_g) and
     B_g (CO_g,) contiguous; Y, PRE (G, N, C_Y) contiguous; POS, LEN (N,) int32. REC: REF (G, N, C_R)
     contiguous, PART (G, n_m, n_n) fp32 <- sum over the tile's valid rows of (y - ref)^2 / CO_g.
+    The group strides come as counts of SU elements (``stride_units``). W_g's padding columns
+    (CO_g up to WS_g) are zero: the tiles read whole 16-byte runs of a weight row. XR_g: how far
+    group g's rows of X are read (``_read_widths``).
     One (BLOCK_M rows, BLOCK_N channels) tile of group program_id(2)."""
     g = tl.program_id(2)
+    stride_xg = stride_xg * SU
+    stride_bg = stride_bg * SU
     W = _pick(g, W0, W1, W2, G)
     BIAS = _pick(g, B0, B1, B2, G)
     C_in = _pick(g, CI0, CI1, CI2, G)
+    X_rd = _pick(g, XR0, XR1, XR2, G)
     C_out = _pick(g, CO0, CO1, CO2, G)
     WS = _pick(g, WS0, WS1, WS2, G)
     C_w = C_in + C_B
@@ -160,11 +169,11 @@ def _row_conv_fwd_kernel(
         for j in tl.static_range(K):
             src_ok = row_ok & (pos + (j - PAD) >= 0) & (pos + (j - PAD) < ln)
             src = offs_m + (j - PAD)
-            acc = _acc_taps(acc, X + g * stride_xg, src * stride_xn, src_ok, offs_k, offs_n, col_ok, W, 0, C_in,
+            acc = _acc_taps(acc, X + g * stride_xg, src * stride_xn, src_ok, offs_k, offs_n, W, 0, C_in, X_rd,
                             C_w, WS, j, BLOCK_K, UPCAST, PRECISION)
             if HAS_XB:
-                acc = _acc_taps(acc, XB + g * stride_bg, src * stride_bn, src_ok, offs_k, offs_n, col_ok, W, C_in,
-                                C_B, C_w, WS, j, BLOCK_K, UPCAST, PRECISION)
+                acc = _acc_taps(acc, XB + g * stride_bg, src * stride_bn, src_ok, offs_k, offs_n, W, C_in,
+                                C_B, C_B, C_w, WS, j, BLOCK_K, UPCAST, PRECISION)
         if HAS_BIAS:
             acc += tl.load(BIAS + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if SAVE_PRE:
@@ -173,7 +182,8 @@ def _row_conv_fwd_kernel(
         tl.store(Y + out, y, mask=out_mask)
         if REC:
             ok = row_ok[:, None] & col_ok[None, :]
-            ref = tl.load(REF + g * N * C_R + offs_m[:, None] * C_R + offs_n[None, :], mask=ok, other=0.0)
+            ref = tl.load(REF + g * N * C_R + offs_m[:, None] * C_R + offs_n[None, :],
+                          mask=row_ok[:, None] & (offs_n < C_R)[None, :], other=0.0)
             d = tl.where(ok, y.to(tl.float32) - ref.to(tl.float32), 0.0)
             tl.store(PART + part, tl.sum(tl.sum(d * d, 1), 0) / C_out)
     else:  # past this group's channels: zeros (and a zero partial sum)
@@ -208,9 +218,11 @@ def _row_conv_bwd_dx_kernel(
             # row r receives from the output row r - t through tap j when that row is in its dialogue
             dst_ok = row_ok & (pos - (j - PAD) >= 0) & (pos - (j - PAD) < ln)
             dst = offs_m - (j - PAD)
-            for c0 in range(0, C_out, BLOCK_K):
+            # over the output channels up to the weight's padded row width WS (zero weights past
+            # C_out: whole 16-byte runs of dy and of the weight, whatever C_out is)
+            for c0 in range(0, WS, BLOCK_K):
                 kk = c0 + offs_k
-                k_ok = kk < C_out
+                k_ok = kk < WS
                 gr = _load_grad(DY, PRE, g, N, C_Y, dst, kk, dst_ok[:, None] & k_ok[None, :], ACT)
                 w = tl.load(W + j * (C_w * WS) + offs_n[None, :] * WS + kk[:, None],
                             mask=k_ok[:, None] & col_ok[None, :], other=0.0)
@@ -233,14 +245,17 @@ def _row_conv_bwd_dx_kernel(
 @triton.jit(do_not_specialize=["N", "stride_xg", "stride_bg"])
 def _row_conv_bwd_dw_kernel(
     X, XB, DY, PRE, DW, DB, POS, LEN,
-    N, stride_xg, stride_xn, stride_bg, stride_bn, CI0, CI1, CI2, CO0, CO1, CO2, C_B, C_Y, OW1, OW2, OB1, OB2,
+    N, stride_xg, stride_xn, stride_bg, stride_bn, SU, CI0, CI1, CI2, XR0, XR1, XR2, CO0, CO1, CO2, C_B, C_Y,
+    OW1, OW2, OB1, OB2,
     K: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_XB: tl.constexpr,
     G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """DW flat fp32: group g's (CO_g, CI_g + C_B, K) block at element offset OW_g (OW_0 = 0); DB
     flat fp32: (CO_g,) at OB_g. One (BLOCK_N output channels, BLOCK_K input channels) tile of one
-    (group, tap), summed over every row in BLOCK_M chunks."""
+    (group, tap), summed over every row in BLOCK_M chunks. Group strides in SU units, as forward."""
+    stride_xg = stride_xg * SU
+    stride_bg = stride_bg * SU
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
     g = tl.program_id(2) // K
@@ -255,13 +270,17 @@ def _row_conv_bwd_dw_kernel(
         offs_o = pid_o * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_i = pid_i * BLOCK_K + tl.arange(0, BLOCK_K)
         o_ok = offs_o < C_out
-        i_ok = offs_i < C_in
+        # x's columns read up to XR_g (whole 16-byte runs); the sums of the columns past C_in are never
+        # stored (and with a second input XR_g = C_in: its columns continue there)
+        i_ok = offs_i < _pick(g, XR0, XR1, XR2, G)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         db = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for r0 in range(0, N, BLOCK_M):
             offs_r = r0 + tl.arange(0, BLOCK_M)
             pos, ln, row_ok = _rows(POS, LEN, offs_r, N)
-            gr = _load_grad(DY, PRE, g, N, C_Y, offs_r, offs_o, row_ok[:, None] & o_ok[None, :], ACT)
+            # dy's columns read up to its (padded) width: a row of whole 16-byte runs; the sums of
+            # the output channels past C_out are never stored
+            gr = _load_grad(DY, PRE, g, N, C_Y, offs_r, offs_o, row_ok[:, None] & (offs_o < C_Y)[None, :], ACT)
             if HAS_BIAS:
                 db += tl.sum(gr, 0)
             src_ok = (row_ok & (pos + t >= 0) & (pos + t < ln))[:, None]
@@ -283,7 +302,8 @@ def _row_conv_bwd_dw_kernel(
 
 def _groups(x, xb, weights, pos, lens):
     """Per-group (input, output) widths, checked: x (G, N, C_X) and xb (G, N, C_B) with unit channel
-    strides, weights G contiguous tap-major (K, CI_g + C_B, CO_g) of one K, pos/lens (N,) int32."""
+    strides, weights G contiguous tap-major (K, CI_g + C_B, CO_g) of one K, each row either dense or
+    padded with zeros (``ops.row_conv.tap_major``), pos/lens (N,) int32."""
     G, N, C_X = x.shape
     C_B = xb.shape[-1] if xb is not None else 0
     if not 1 <= G <= 3 or len(weights) != G:
@@ -305,6 +325,29 @@ def _groups(x, xb, weights, pos, lens):
     return G, N, C_X, C_B, K, c_in, c_out
 
 
+def padded_width(widths) -> int:
+    """The outputs' width: the widest group's, rounded up to a multiple of 16 (rows of whole
+    16-byte runs; the columns past each group's own width are zero)."""
+    return -(-max(widths) // 16) * 16
+
+
+def _read_widths(x, xb, c_in):
+    """How far each group's rows of x are read: CI_g rounded up to a multiple of 16 where x's rows
+    are that wide (whole 16-byte runs: the channels read past CI_g meet zero weights in the forward
+    and go to sums never stored in the weight gradient), CI_g itself where a second input continues
+    the channels there."""
+    if xb is not None:
+        return list(c_in)
+    return [min(-(-c // 16) * 16, x.shape[-1]) for c in c_in]
+
+
+def _strides(x, xb):
+    """(stride_xg, stride_xn, stride_bg, stride_bn, SU): the group strides, which change with the
+    batch, in units of SU elements (``stride_units``); the row strides as they are."""
+    unit, (xg, bg) = stride_units(x.stride(0), xb.stride(0) if xb is not None else 0)
+    return xg, x.stride(1), bg, xb.stride(1) if xb is not None else 0, unit
+
+
 def _three(vals):
     """A per-group argument list padded to the kernels' three slots."""
     vals = list(vals)
@@ -316,7 +359,7 @@ def row_conv_fwd(x, xb, weights, biases, pos, lens, pad, act, save_pre, ref=None
     None, pos/lens (N,) int32 -> (y (G, N, max CO_g) in x's dtype, pre or None, part or None).
     ``ref`` (G, N, C_R): also the reconstruction loss's partial sums ``part`` fp32 (see the module)."""
     G, N, C_X, C_B, K, c_in, c_out = _groups(x, xb, weights, pos, lens)
-    C_Y = max(c_out)
+    C_Y = padded_width(c_out)
     tile = row_conv_tile("fwd", x.dtype)
     y = torch.empty((G, N, C_Y), device=x.device, dtype=x.dtype)
     pre = torch.empty_like(y) if (save_pre and act) else None
@@ -325,8 +368,8 @@ def row_conv_fwd(x, xb, weights, biases, pos, lens, pad, act, save_pre, ref=None
     bs = _three(biases if biases is not None else weights)
     args = (x, xb if xb is not None else x, *_three(weights), *bs, y, pre if pre is not None else y,
             ref if ref is not None else x, part if part is not None else y, pos, lens,
-            N, x.stride(0), x.stride(1), xb.stride(0) if xb is not None else 0, xb.stride(1) if xb is not None else 0,
-            *_three(c_in), *_three(c_out), *_three([w.stride(1) for w in weights]), C_B, C_Y,
+            N, *_strides(x, xb), *_three(c_in), *_three(_read_widths(x, xb, c_in)), *_three(c_out),
+            *_three([w.stride(1) for w in weights]), C_B, C_Y,
             ref.shape[-1] if ref is not None else 0, n_m, n_n)
     const = dict(K=K, PAD=int(pad), ACT=int(act), HAS_BIAS=biases is not None, HAS_XB=xb is not None,
                  SAVE_PRE=pre is not None, REC=ref is not None, G=G, UPCAST=upcast(x.dtype),
@@ -346,7 +389,7 @@ def row_conv_bwd(dy, x, xb, weights, pre, pos, lens, pad, act, has_bias, need_dx
     dW fp32 flat (group g's (CO_g, CI_g + C_B, K) block after the previous groups'), db fp32 flat
     or None). dy (G, N, max CO_g) contiguous; pre as the forward saved it (act only)."""
     G, N, C_X, C_B, K, c_in, c_out = _groups(x, xb, weights, pos, lens)
-    C_Y = max(c_out)
+    C_Y = padded_width(c_out)
     if dy.shape != (G, N, C_Y) or not dy.is_contiguous():
         raise ValueError(f"dy: expected contiguous ({G}, {N}, {C_Y}), got {tuple(dy.shape)}")
     pre_arg = pre if pre is not None else dy
@@ -375,8 +418,7 @@ def row_conv_bwd(dy, x, xb, weights, pre, pos, lens, pad, act, has_bias, need_dx
                 lambda m: (triton.cdiv(C_Y, m["BLOCK_N"]), triton.cdiv(max(c_in) + C_B, m["BLOCK_K"]), K * G), tile,
                 (ANY, ANY, dtype_name(x.dtype)),
                 x, xb if xb is not None else x, dy, pre_arg, dw, db if db is not None else dw, pos, lens,
-                N, x.stride(0), x.stride(1), xb.stride(0) if xb is not None else 0,
-                xb.stride(1) if xb is not None else 0, *_three(c_in), *_three(c_out), C_B, C_Y,
+                N, *_strides(x, xb), *_three(c_in), *_three(_read_widths(x, xb, c_in)), *_three(c_out), C_B, C_Y,
                 *_three(ow)[1:], *_three(ob)[1:], HAS_BIAS=has_bias, **common,
                 key_values=(max(c_in) + C_B, C_Y, K))
     return dx, dxb, dw, db

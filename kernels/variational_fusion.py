@@ -46,7 +46,7 @@ def _kl_terms(mu, lv):
 
 # N (the row count) changes from call to call: not specialised, so that a new batch never
 # compiles a new variant. The seed is read through a pointer, never a run-time integer.
-@triton.jit(do_not_specialize=["N", "stride_en"])
+@triton.jit(do_not_specialize=["N"])
 def _vf_fwd_kernel(
     E, W, BIAS, EPS, Z, HOUT, KLP, ROWMASK, SEED,
     logvar_clamp, N, d_in, d_z,

@@ -190,8 +190,9 @@ def _row_conv_fwd(x, xb, weight, bias, pos, lens, pad, act, save_pre, ref=None):
 def _row_conv_fwd_fake(x, xb, weight, bias, pos, lens, pad, act, save_pre, ref=None):
     import triton
     from ..kernels.configs import row_conv_tile
+    from ..kernels.row_conv import padded_width
     G, N = x.shape[0], x.shape[1]
-    shape = (G, N, max(w.shape[2] for w in weight))  # tap-major weights (K, C_in, C_out)
+    shape = (G, N, padded_width([w.shape[2] for w in weight]))  # tap-major weights (K, C_in, C_out)
     f32 = dict(dtype=torch.float32)
     if ref is not None:
         tile = row_conv_tile("fwd", x.dtype)

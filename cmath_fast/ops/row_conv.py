@@ -31,11 +31,16 @@ def dialogue_rows(lengths: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, to
 
 def tap_major(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A Conv1d weight (C_out, C_in, K) as the kernels read it: (K, C_in, C_out) in ``dtype``, each
-    row of C_out channels padded to a multiple of 16 (a view of the padded buffer: rows of whole
-    16-byte runs whatever C_out is). One copy that casts and permutes in the same pass (the cast
-    autocast would make anyway)."""
+    row of C_out channels padded with zeros to a multiple of 16 (a view of the padded buffer: the
+    kernels read whole 16-byte runs of a row whatever C_out is, and the zeros make the padding
+    columns contribute nothing). One copy that casts and permutes in the same pass (the cast
+    autocast would make anyway); a width that is not a multiple of 16 adds one small fill of the
+    padding columns."""
     c_out = w.shape[0]
-    buf = torch.empty((w.shape[2], w.shape[1], -(-c_out // 16) * 16), device=w.device, dtype=dtype)
+    width = -(-c_out // 16) * 16
+    buf = torch.empty((w.shape[2], w.shape[1], width), device=w.device, dtype=dtype)
+    if width > c_out:
+        buf[..., c_out:].zero_()
     out = buf[..., :c_out]
     out.copy_(w.detach().permute(2, 1, 0))
     return out
@@ -126,7 +131,7 @@ def row_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     with nvtx_range("op/row_conv"):
         y, _ = RowConvFunction.apply(x[None], None, pos, lens, weight.shape[2] // 2, ACTIVATIONS[activation], None,
                                      1, weight.contiguous(), *(biases or []))
-    return y[0]
+    return y[0, :, :weight.shape[0]]
 
 
 def row_conv_groups(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Optional[Sequence[torch.Tensor]],
@@ -135,7 +140,9 @@ def row_conv_groups(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Op
     """G <= 3 row convolutions over the same rows in one launch: x (G, N, C_X), group g reading its
     first CI_g channels; weights[g] (CO_g, CI_g + C_B, K) with one K; biases[g] (CO_g,) or None;
     xb (G, N, C_B): channels that continue each group's input (as ``cat([x_g, xb_g], -1)``)
-    -> y (G, N, max CO_g), zero past each group's CO_g channels and on padding rows. ``ref``
+    -> y (G, N, C_Y), C_Y = max CO_g rounded up to a multiple of 16 (rows of whole 16-byte runs),
+    zero past each group's CO_g channels and on padding rows; the gradient past a group's CO_g
+    channels is ignored (it meets zero weights). ``ref``
     (G, N, >= CO_g): also returns the reconstruction loss's partial sums (fp32; see
     ``kernels.row_conv``) of sum over valid rows of |y_g - ref_g|^2 / CO_g: (y, part). Inside
     ``torch.autocast`` x, xb and the biases run in the autocast dtype; the weights are read in that

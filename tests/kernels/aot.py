@@ -111,6 +111,26 @@ _PTX_COUNTS = {
 }
 
 
+def scalar_sites(ptx: str):
+    """Where the scalar 16-bit global loads and stores come from: [{"op": "ld16" or "st16", "file",
+    "line", "source" (the kernel source line, stripped), "count"}], from the PTX's line records."""
+    import linecache
+
+    files = dict(re.findall(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', ptx, re.M))
+    where, counts = None, {}
+    for line in ptx.splitlines():
+        loc = re.match(r"\s*\.loc\s+(\d+)\s+(\d+)", line)
+        if loc:
+            where = (files.get(loc.group(1), "?"), int(loc.group(2)))
+            continue
+        for op in ("ld16", "st16"):
+            if _PTX_COUNTS[op].match(line):
+                counts[(op,) + (where or ("?", 0))] = counts.get((op,) + (where or ("?", 0)), 0) + 1
+    return [{"op": op, "file": os.path.basename(path), "line": ln, "count": n,
+             "source": linecache.getline(path, ln).strip() if os.path.isfile(path) else ""}
+            for (op, path, ln), n in sorted(counts.items())]
+
+
 def runtime_compile(launch, cc=90):
     """Compile one recorded launch (``runtime_specs``) as Triton's runtime would: 16-byte aligned
     pointers and integers divisible by 16 get the divisibility attribute, an integer equal to 1
@@ -168,6 +188,8 @@ def code_report(preset="iemocap", cc=90):
                "shared": k.metadata.shared, "tensor_cores": len(TENSOR_CORE.findall(ptx)),
                "unaligned": [n for n, a in launch["args"].items() if "ptr" in a and not a["aligned"]]}
         row.update({name: len(rx.findall(ptx)) for name, rx in _PTX_COUNTS.items()})
+        row["scalar_sites"] = scalar_sites(ptx)
+        row["constexprs"] = launch["constexprs"]
         rows.append(row)
     return rows
 

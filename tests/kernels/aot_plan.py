@@ -45,5 +45,6 @@ def start_all():
     for cc, (names, spill) in plan().items():
         start_worker(f"sm{cc}", names, spill, cc)
     start_worker("tune-sm90", list(autotune_cases()), (), 90)
-    for cc in (90, 80):  # the generated-code gates (test_generated_code.py)
-        report_worker("iemocap", cc)
+    for preset in ("iemocap", "meld"):  # the generated-code gates (test_generated_code.py)
+        for cc in (90, 80):
+            report_worker(preset, cc)

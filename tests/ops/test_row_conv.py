@@ -113,20 +113,23 @@ def test_packed_rows_match_the_padded_layout():
 def test_groups_match_conv1d_per_group(with_xb):
     """Three groups of different widths in one launch (a second input continuing each group's
     channels, the reconstruction partial sums): each group equals its own Conv1d on
-    cat([x_g[..., :CI_g], xb_g]), zero past its channels; every gradient matches."""
+    cat([x_g[..., :CI_g], xb_g]), zero past its channels up to the output's width (the widest
+    group's rounded up to 16); every gradient matches, the upstream gradient past a group's
+    channels (random here) being ignored. Group 2 (CI 12 of 17) reads x to 16: x's extra columns
+    meet zero weights."""
     from cmath_fast.ops.row_conv import row_conv_groups
     g = torch.Generator().manual_seed(7)
     lengths = torch.tensor([6, 3, 0, 1])
     B, L, C_B, K = 4, 6, (5 if with_xb else 0), 3
     mask = torch.arange(L)[None] < lengths[:, None]
     widths = [(17, 9), (7, 20), (12, 4)]  # (CI_g, CO_g)
-    C_X, C_Y = 17, 20
+    C_X, C_Y, C_PAD = 17, 20, 32
     x = torch.randn(3, B, L, C_X, generator=g).double() * mask[..., None]
     xb = torch.randn(3, B, L, C_B, generator=g).double() * mask[..., None] if with_xb else None
     ws = [(torch.randn(co, ci + C_B, K, generator=g) * 0.3).double().requires_grad_() for ci, co in widths]
     bs = [torch.randn(co, generator=g).double().requires_grad_() for _, co in widths]
     ref_t = torch.randn(3, B, L, C_Y, generator=g).double()
-    dy = torch.randn(3, B, L, C_Y, generator=g).double()
+    dy = torch.randn(3, B, L, C_PAD, generator=g).double()
     xr = x.clone().requires_grad_()
     xbr = xb.clone().requires_grad_() if with_xb else None
     loss_r, rec_r = 0.0, 0.0
@@ -144,7 +147,7 @@ def test_groups_match_conv1d_per_group(with_xb):
     wo = [w.detach().float().to(DEVICE).requires_grad_() for w in ws]
     bo = [b.detach().float().to(DEVICE).requires_grad_() for b in bs]
     y, part = row_conv_groups(xo, wo, bo, pos, ln, activation="gelu", xb=xbo, ref=dev(ref_t))
-    assert y.shape == (3, B * L, C_Y)
+    assert y.shape == (3, B * L, C_PAD)
     for i, (ci, co) in enumerate(widths):
         assert torch.count_nonzero(y[i, :, co:]) == 0, "zero past the group's channels"
     assert abs(part.sum().item() - rec_r) <= 1e-4 * max(1.0, rec_r)
