@@ -35,6 +35,7 @@ import torch
 from ._checks import skip_value_checks
 from .losses import beta_at
 from .packing import row_bucket
+from .data.device import IndexBatch
 from .step import autocast_context, train_step, weight_dtype
 
 MAX_STEP_BUCKET = 128
@@ -98,7 +99,9 @@ class _Captured:
 
 
 def _copy_into(static, batch) -> None:
-    """A host batch into the static device buffers (non-blocking from pinned memory)."""
+    """A host batch into the static device buffers (non-blocking from pinned memory): the padded
+    features, speakers, lengths and labels, or (an ``IndexBatch``) only the utterance indices and
+    lengths; and the packed layout."""
     for dst, src in zip(_tensors(static), _tensors(batch)):
         dst.copy_(src, non_blocking=True)
     if static.rows is not None:
@@ -110,6 +113,8 @@ def _key(batch) -> Tuple[int, ...]:
 
 
 def _tensors(b):
+    if isinstance(b, IndexBatch):
+        return b.tensors()
     return (b.text, b.audio, b.visual, b.speakers, b.lengths, b.labels)
 
 
@@ -166,10 +171,18 @@ class GraphedTrainer(_Bucketed):
     ``step(batch, epoch)`` takes a host batch (``cmath_fast.data.Batch``), pads it to its bucket,
     and returns (total loss, loss terms) as device tensors that the next step overwrites: sum or
     copy them before calling again. Same math as ``cmath_fast.step.train_step``, which it runs.
+
+    ``store`` (``data.device.DeviceDialogues``): the batches are ``IndexBatch``es of it, and the
+    graph's static inputs are their utterance indices and lengths (plus the packed layout); the
+    features, speakers and labels are gathered from the store inside the graph, so a step copies
+    a few kilobytes. ``terms`` (``training.loop.EpochTerms``): each step's loss terms are
+    accumulated into it inside the graph. The graphs read the store's and the accumulator's
+    tensors by address: this object holds both for as long as it holds the graphs.
     """
 
     def __init__(self, model, optimizer, *, batch_size: int, precision: str = "fp32",
-                 max_grad_norm: float = 0.0, capture: Optional[bool] = None, warmup: int = 2):
+                 max_grad_norm: float = 0.0, capture: Optional[bool] = None, warmup: int = 2,
+                 store=None, terms=None):
         super().__init__(model, batch_size, precision, capture)
         if self.capture:
             blockers = capture_blockers(self.device, precision, optimizer=optimizer)
@@ -180,11 +193,17 @@ class GraphedTrainer(_Bucketed):
         self.warmup = int(warmup)
         self.beta = torch.zeros((), device=self.device, dtype=torch.float32)
         self._beta_value = None
+        self.store, self.terms = store, terms
 
     def _run(self, b):
-        return train_step(self.model, self.opt, b.inputs(), b.labels, None, self.max_grad_norm,
-                          precision=self.precision, beta=self.beta,
-                          autocast_cache=not self.capture, rows=b.rows)
+        if isinstance(b, IndexBatch):
+            b = b.gather(self.store)
+        total, terms = train_step(self.model, self.opt, b.inputs(), b.labels, None, self.max_grad_norm,
+                                  precision=self.precision, beta=self.beta,
+                                  autocast_cache=not self.capture, rows=b.rows)
+        if self.terms is not None:
+            self.terms.add(terms)
+        return total, terms
 
     def step(self, batch, epoch: Optional[int]):
         beta = beta_at(self.model.cfg, epoch)
@@ -218,10 +237,11 @@ class GraphedTrainer(_Bucketed):
             st = self.opt.state.get(p)
             if st:
                 state[p] = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in st.items()}
-        return params, state, torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
+        terms = self.terms.snapshot() if self.terms is not None else None
+        return params, state, torch.get_rng_state(), torch.cuda.get_rng_state(self.device), terms
 
     def _before_capture(self):
-        params, state, cpu_rng, cuda_rng = self._saved
+        params, state, cpu_rng, cuda_rng, terms = self._saved
         with torch.no_grad():
             for p, saved in zip(self.model.parameters(), params):
                 p.copy_(saved)
@@ -238,6 +258,8 @@ class GraphedTrainer(_Bucketed):
                             v.copy_(before[k])
         torch.set_rng_state(cpu_rng)
         torch.cuda.set_rng_state(cuda_rng, self.device)
+        if self.terms is not None:  # the warm-up steps' terms are undone too
+            self.terms.restore(terms)
         self.opt.zero_grad(set_to_none=True)  # the captured backward allocates the gradients
 
 

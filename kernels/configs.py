@@ -138,7 +138,7 @@ FUSION = (
 ROW_CONV = (
     ("fwd", ANY, ANY, ANY, Tile(64, 64, 32, 4, 3)),
     ("bwd_dx", ANY, ANY, ANY, Tile(64, 64, 32, 4, 3)),
-    ("bwd_dw", ANY, ANY, ANY, Tile(32, 64, 64, 4, 2)),
+    ("bwd_dw", ANY, ANY, ANY, Tile(32, 64, 64, 8, 2)),
 )
 
 # Rows for one GPU family in FUSION's and ROW_CONV's formats, consulted before those tables there
@@ -147,8 +147,10 @@ ROW_CONV = (
 FUSION_BY_FAMILY: Dict[str, tuple] = {family: (("vf_fwd", 64, 64, ANY, Tile(32, 0, 0, 8, 3)),)
                                       for family in ("sm80", "sm86")}
 # The row convolution's dX tile reads the tap-major weight transposed: with 4 warps it spills with
-# mma.sync (sm_80, sm_86), with 8 it does not.
-ROW_CONV_BY_FAMILY: Dict[str, tuple] = {family: (("bwd_dx", ANY, ANY, ANY, Tile(64, 64, 32, 8, 3)),)
+# mma.sync (sm_80, sm_86), with 8 it does not. Its dW tile holds three taps' accumulators: at
+# 64 input channels it needs all 255 registers with mma.sync, at 32 it takes 175.
+ROW_CONV_BY_FAMILY: Dict[str, tuple] = {family: (("bwd_dx", ANY, ANY, ANY, Tile(64, 64, 32, 8, 3)),
+                                                 ("bwd_dw", ANY, ANY, ANY, Tile(32, 64, 32, 8, 2)))
                                         for family in ("sm80", "sm86")}
 
 INTERPRETER = Tile(16, 16, 16, 1, 1)

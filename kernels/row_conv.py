@@ -29,7 +29,8 @@ Kernels (each an implicit GEMM: the taps are K shifted loads of the same rows, n
             the reconstruction loss's partial sums of (y - ref)^2 / CO_g per tile (``REC``)
     bwd_dx  dx[r] = sum_j g[r - t] W[:, :, j], g = dy * act'(pre) on valid rows — tiles of (rows, C_in)
     bwd_dw  dW[:, :, j] = sum_r g[r]^T x[r + t] and db = sum_r g[r] — one program per (C_out tile,
-            C_in tile, group and tap) looping over all rows in a fixed order: deterministic, no atomics.
+            C_in tile, group, up to three taps) looping over all rows in a fixed order: deterministic,
+            no atomics; g computed once per row chunk for all the program's taps.
 """
 
 from __future__ import annotations
@@ -242,6 +243,31 @@ def _row_conv_bwd_dx_kernel(
              mask=in_n & ((offs_n >= C_in) & (offs_n < C_X))[None, :])
 
 
+@triton.jit
+def _x_rows(X, XB, g, offs_r, t, pos, ln, row_ok, offs_i, i_ok, C_in, C_B, stride_xg, stride_xn, stride_bg,
+            stride_bn, HAS_XB: tl.constexpr, UPCAST: tl.constexpr):
+    """The (rows, input channels of [x_g | xb_g]) tile shifted by tap offset t: row r holds x[r + t]
+    where that row is in r's dialogue, zero elsewhere."""
+    src_ok = (row_ok & (pos + t >= 0) & (pos + t < ln))[:, None]
+    x = tl.load(X + g * stride_xg + (offs_r + t)[:, None] * stride_xn + offs_i[None, :],
+                mask=src_ok & i_ok[None, :], other=0.0)
+    if HAS_XB:
+        ib = offs_i - C_in
+        x += tl.load(XB + g * stride_bg + (offs_r + t)[:, None] * stride_bn + ib[None, :],
+                     mask=src_ok & ((ib >= 0) & (ib < C_B))[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _store_tap(DW, acc, ow, offs_o, offs_i, o_ok, C_w, j, K: tl.constexpr):
+    """Tap j's (output, input channel) tile into the Conv1d-layout weight gradient (if j < K)."""
+    if j < K:
+        tl.store(DW + ow + offs_o[:, None] * (C_w * K) + offs_i[None, :] * K + j, acc,
+                 mask=o_ok[:, None] & (offs_i < C_w)[None, :])
+
+
 @triton.jit(do_not_specialize=["N", "stride_xg", "stride_bg"])
 def _row_conv_bwd_dw_kernel(
     X, XB, DY, PRE, DW, DB, POS, LEN,
@@ -252,15 +278,17 @@ def _row_conv_bwd_dw_kernel(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """DW flat fp32: group g's (CO_g, CI_g + C_B, K) block at element offset OW_g (OW_0 = 0); DB
-    flat fp32: (CO_g,) at OB_g. One (BLOCK_N output channels, BLOCK_K input channels) tile of one
-    (group, tap), summed over every row in BLOCK_M chunks. Group strides in SU units, as forward."""
+    flat fp32: (CO_g,) at OB_g. One (BLOCK_N output channels, BLOCK_K input channels) tile of up to
+    three consecutive taps of one group, summed over every row in BLOCK_M chunks: each chunk's
+    g = dy * act'(pre) is loaded and computed once and serves every tap of the program (the taps
+    read the same input rows shifted). Group strides in SU units, as forward."""
     stride_xg = stride_xg * SU
     stride_bg = stride_bg * SU
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
-    g = tl.program_id(2) // K
-    j = tl.program_id(2) % K
-    t = j - PAD
+    n_tg = (K + 2) // 3  # programs per group along the taps, three taps each
+    g = tl.program_id(2) // n_tg
+    j0 = (tl.program_id(2) % n_tg) * 3
     C_in = _pick(g, CI0, CI1, CI2, G)
     C_out = _pick(g, CO0, CO1, CO2, G)
     ow = tl.where(g == 1, OW1, tl.where(g == 2, OW2, 0))
@@ -273,7 +301,9 @@ def _row_conv_bwd_dw_kernel(
         # x's columns read up to XR_g (whole 16-byte runs); the sums of the columns past C_in are never
         # stored (and with a second input XR_g = C_in: its columns continue there)
         i_ok = offs_i < _pick(g, XR0, XR1, XR2, G)
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         db = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for r0 in range(0, N, BLOCK_M):
             offs_r = r0 + tl.arange(0, BLOCK_M)
@@ -283,20 +313,25 @@ def _row_conv_bwd_dw_kernel(
             gr = _load_grad(DY, PRE, g, N, C_Y, offs_r, offs_o, row_ok[:, None] & (offs_o < C_Y)[None, :], ACT)
             if HAS_BIAS:
                 db += tl.sum(gr, 0)
-            src_ok = (row_ok & (pos + t >= 0) & (pos + t < ln))[:, None]
-            x = tl.load(X + g * stride_xg + (offs_r + t)[:, None] * stride_xn + offs_i[None, :],
-                        mask=src_ok & i_ok[None, :], other=0.0)
-            if HAS_XB:
-                ib = offs_i - C_in
-                x += tl.load(XB + g * stride_bg + (offs_r + t)[:, None] * stride_bn + ib[None, :],
-                             mask=src_ok & ((ib >= 0) & (ib < C_B))[None, :], other=0.0)
-            if UPCAST:
-                x = x.to(tl.float32)
-            acc += tl.dot(tl.trans(gr.to(x.dtype)), x, input_precision=PRECISION)
-        tl.store(DW + ow + offs_o[:, None] * (C_w * K) + offs_i[None, :] * K + j, acc,
-                 mask=o_ok[:, None] & (offs_i < C_w)[None, :])
+            x = _x_rows(X, XB, g, offs_r, j0 - PAD, pos, ln, row_ok, offs_i, i_ok, C_in, C_B, stride_xg, stride_xn,
+                        stride_bg, stride_bn, HAS_XB, UPCAST)
+            grt = tl.trans(gr.to(x.dtype))
+            acc0 += tl.dot(grt, x, input_precision=PRECISION)
+            if K > 1:
+                x = _x_rows(X, XB, g, offs_r, j0 + 1 - PAD, pos, ln, row_ok, offs_i, i_ok, C_in, C_B, stride_xg,
+                            stride_xn, stride_bg, stride_bn, HAS_XB, UPCAST)
+                acc1 += tl.dot(grt, x, input_precision=PRECISION)
+            if K > 2:
+                x = _x_rows(X, XB, g, offs_r, j0 + 2 - PAD, pos, ln, row_ok, offs_i, i_ok, C_in, C_B, stride_xg,
+                            stride_xn, stride_bg, stride_bn, HAS_XB, UPCAST)
+                acc2 += tl.dot(grt, x, input_precision=PRECISION)
+        _store_tap(DW, acc0, ow, offs_o, offs_i, o_ok, C_w, j0, K)
+        if K > 1:
+            _store_tap(DW, acc1, ow, offs_o, offs_i, o_ok, C_w, j0 + 1, K)
+        if K > 2:
+            _store_tap(DW, acc2, ow, offs_o, offs_i, o_ok, C_w, j0 + 2, K)
         if HAS_BIAS:
-            if (pid_i == 0) & (j == 0):
+            if (pid_i == 0) & (j0 == 0):
                 tl.store(DB + ob + offs_o, db, mask=o_ok)
 
 
@@ -415,7 +450,8 @@ def row_conv_bwd(dy, x, xb, weights, pre, pos, lens, pad, act, has_bias, need_dx
     dw = torch.empty((sum(sizes),), device=x.device, dtype=torch.float32)
     db = torch.empty((sum(c_out),), device=x.device, dtype=torch.float32) if has_bias else None
     launch_tile("row_conv_bwd_dw", _row_conv_bwd_dw_kernel,
-                lambda m: (triton.cdiv(C_Y, m["BLOCK_N"]), triton.cdiv(max(c_in) + C_B, m["BLOCK_K"]), K * G), tile,
+                lambda m: (triton.cdiv(C_Y, m["BLOCK_N"]), triton.cdiv(max(c_in) + C_B, m["BLOCK_K"]),
+                           triton.cdiv(K, 3) * G), tile,
                 (ANY, ANY, dtype_name(x.dtype)),
                 x, xb if xb is not None else x, dy, pre_arg, dw, db if db is not None else dw, pos, lens,
                 N, *_strides(x, xb), *_three(c_in), *_three(_read_widths(x, xb, c_in)), *_three(c_out), C_B, C_Y,

@@ -379,7 +379,7 @@ def test_epoch_terms_find_the_first_nonfinite_step_between_reads():
     acc = EpochTerms(every=4)
     values = [1.0, 2.0, float("nan"), 4.0, float("inf")]
     for step, v in enumerate(values):
-        acc.add(step, {"ce": torch.tensor(v), "beta": torch.tensor(0.5), "total": torch.tensor(2 * v)})
+        acc.add({"ce": torch.tensor(v), "beta": torch.tensor(0.5), "total": torch.tensor(2 * v)})
     assert [acc.due(s, s == 4) for s in range(5)] == [False, False, False, True, True]
     step, terms = acc.first_nonfinite()
     assert step == 2 and np.isnan(terms["ce"]) and np.isnan(terms["total"])

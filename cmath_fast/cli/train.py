@@ -73,7 +73,8 @@ def cmd_train(args) -> int:
         device=args.device, backend=args.backend, fused=fused_arg(args), resume=args.resume, progress=not args.no_progress,
         max_grad_norm=5.0 if args.clip_grad_norm is None else args.clip_grad_norm,
         valid_fraction=args.valid_fraction, on_nonfinite=args.on_nonfinite, override=args.override,
-        precision=args.precision, cuda_graphs=args.cuda_graphs, deterministic=args.deterministic,
+        precision=args.precision, cuda_graphs=args.cuda_graphs, device_data=args.device_data,
+        deterministic=args.deterministic,
         group_by_length=args.group_by_length, overwrite=args.overwrite,
         data_fingerprint=data_fingerprint(data, args.data))
     explicit = set(fields)
@@ -242,6 +243,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="on CUDA, replay the training step and evaluation from CUDA graphs, one per shape "
                         "bucket (default on; off with fp16-mixed and --on-nonfinite skip)")
+    s.add_argument("--device-data", choices=["auto", "on", "off"], default="auto",
+                   help="hold the training features on the device and gather each batch there, so that a "
+                        "step copies only its utterance indices (auto, the default: on a GPU when they take "
+                        "at most a quarter of its free memory, always on a CPU); the same batches either way")
     s.add_argument("--group-by-length", action="store_true",
                    help="batches of dialogues of similar length: less padding, a different batch order "
                         "(see `cmath-fast bench padding`)")

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import _compiling
-from ..ops._common import autocast_inputs
+from ..ops._common import autocast_inputs, mm_fp32
 from ..ops.layer_norm import MAX_D, stacked_layer_norm_op
 
 
@@ -66,7 +66,8 @@ class BatchedLinearFunction(torch.autograd.Function):
 
 def _linear_fwd(ctx, x, w, b):
     # Under torch.autocast, compute (and save) in the autocast dtype, as nn.Linear does; the
-    # backward then runs in that dtype too and hands each gradient back in its input's dtype.
+    # backward then runs in that dtype too and hands each gradient back in its input's dtype (the
+    # weight's and bias's computed with fp32 results).
     ctx.dtypes = (x.dtype, w.dtype, b.dtype)
     x, w, b = autocast_inputs(x, w, b)
     ctx.save_for_backward(x, w)
@@ -78,8 +79,9 @@ def _linear_bwd(ctx, dy, need_x, need_w, need_b):
     x_dtype, w_dtype, b_dtype = ctx.dtypes
     dy = dy.to(x.dtype)
     dx = torch.bmm(dy, w).to(x_dtype) if need_x else None
-    dw = torch.bmm(dy.transpose(1, 2), x).to(w_dtype) if need_w else None
-    db = dy.sum(1).to(b_dtype) if need_b else None
+    # the weight gradients with fp32 results: an fp32 master weight gets them with no 16-bit round trip
+    dw = mm_fp32(dy.transpose(1, 2), x).to(w_dtype) if need_w else None
+    db = dy.sum(1, dtype=torch.float32).to(b_dtype) if need_b else None
     return dx, dw, db
 
 

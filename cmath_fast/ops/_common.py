@@ -52,6 +52,20 @@ def float_promotion(a: torch.dtype, b: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in (a, b) else torch.float32
 
 
+def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b (2-d, or batched 3-d) with an fp32 result: on CUDA 16-bit inputs accumulate into an
+    fp32 output directly (``torch.mm``/``torch.bmm`` with ``out_dtype``); elsewhere the inputs are
+    upcast. For weight gradients handed to fp32 master weights without a 16-bit round trip."""
+    if a.dtype == b.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda:
+        try:
+            return (torch.bmm if a.dim() == 3 else torch.mm)(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    return a.float() @ b.float()
+
+
 def autocast_inputs(first: torch.Tensor, *rest):
     """Inside ``torch.autocast``, floating tensors (and lists of them) cast to the autocast dtype,
     as matmul-class ops cast their inputs; outside, returned unchanged. Returns (first, *rest)."""

@@ -9,7 +9,7 @@ import torch
 
 from .._checks import check_tensor
 from ..profiling import nvtx_range
-from ._common import autocast_inputs, check_device, kernel_dtype, philox_seed
+from ._common import autocast_inputs, check_device, kernel_dtype, mm_fp32, philox_seed
 from ._library import op
 
 
@@ -32,14 +32,21 @@ def _check_eps(eps, shape, device):
 
 
 class VariationalFusionFunction(torch.autograd.Function):
+    """The weight and bias come in their own dtype (fp32 master weights under autocast) and are
+    cast to e's inside (the copy autocast would make); their gradients are computed with fp32
+    results and handed back in their own dtype: no bf16 round trip for an fp32 master weight."""
+
     @staticmethod
     def forward(ctx, e, weight, bias, eps, row_mask, training, logvar_clamp, seed, return_eps):
         ctx.set_materialize_grads(False)
         needs = any(ctx.needs_input_grad[:3])
-        z, kl, h, drawn = op("vf_fwd")(e, weight, bias, eps, row_mask, seed, training, logvar_clamp,
+        w = weight if weight.dtype == e.dtype else weight.detach().to(e.dtype)
+        b = bias if bias is None or bias.dtype == e.dtype else bias.detach().to(e.dtype)
+        z, kl, h, drawn = op("vf_fwd")(e, w, b, eps, row_mask, seed, training, logvar_clamp,
                                        return_eps, needs)
-        ctx.save_for_backward(e, weight, h, eps, row_mask, seed)
+        ctx.save_for_backward(e, w, h, eps, row_mask, seed)
         ctx.cfg = (training, logvar_clamp, bias is not None)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         kl = kl.to(e.dtype)
         if training and eps is None and return_eps:
             ctx.mark_non_differentiable(drawn)
@@ -55,9 +62,10 @@ class VariationalFusionFunction(torch.autograd.Function):
         dz = dz.contiguous() if dz is not None else None
         dkl = dkl.contiguous() if dkl is not None else None
         dh = op("vf_bwd")(h, dz, dkl, eps, row_mask, seed, training, logvar_clamp, e.dtype)
+        w_dtype, b_dtype = ctx.dtypes
         de = dh @ weight if ctx.needs_input_grad[0] else None
-        dw = dh.t() @ e if ctx.needs_input_grad[1] else None
-        db = dh.sum(0) if has_bias and ctx.needs_input_grad[2] else None
+        dw = mm_fp32(dh.t(), e).to(w_dtype) if ctx.needs_input_grad[1] else None
+        db = dh.sum(0, dtype=torch.float32).to(b_dtype) if has_bias and ctx.needs_input_grad[2] else None
         return de, dw, db, None, None, None, None, None, None
 
 
@@ -70,21 +78,23 @@ def variational_fusion(e: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     ``eps=None`` in training draws the noise inside the kernel (Philox, its seed drawn on e's
     device from torch's generator, so ``torch.manual_seed`` reproduces it, and never read on the
     host) and regenerates it in backward; it is never stored, unless ``return_eps=True`` (debug),
-    which also returns it: (z, kl, eps). Under ``torch.autocast`` the inputs are cast to the
-    autocast dtype, as matmul-class ops are.
+    which also returns it: (z, kl, eps). Under ``torch.autocast`` e is cast to the autocast dtype,
+    as matmul-class ops cast their inputs; the weight and bias are read in e's dtype, cast inside
+    the op, and their gradients handed back in their own dtype (computed with fp32 results: an fp32
+    master weight gets its gradient without a bf16 round trip).
     """
-    e, weight, bias = autocast_inputs(e, weight, bias)
+    e, = autocast_inputs(e)
     check_tensor("e", e, ndim=2, floating=True)
     kernel_dtype("e", e)
     check_device("e", e)
-    check_tensor("weight", weight, ndim=2, dtype=e.dtype, device=e.device)
+    check_tensor("weight", weight, ndim=2, floating=True, device=e.device)
     N, d_in = e.shape
     if weight.shape[1] != d_in:
         raise ValueError(f"weight: expected shape (2*d_z, d_in={d_in}), got {tuple(weight.shape)}")
     if weight.shape[0] % 2:
         raise ValueError(f"weight: first dim must be even (2*d_z), got {weight.shape[0]}")
     if bias is not None:
-        check_tensor("bias", bias, ndim=1, dtype=e.dtype, device=e.device)
+        check_tensor("bias", bias, ndim=1, floating=True, device=e.device)
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
         bias = bias.contiguous()

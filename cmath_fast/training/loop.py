@@ -8,6 +8,7 @@ present, ``curves.png`` and ``confusion.png``. Every file is written atomically.
 from __future__ import annotations
 
 import contextlib
+import functools
 import csv
 import io
 import json
@@ -23,6 +24,7 @@ import torch
 
 from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
 from ..data.dataset import MERData, data_fingerprint, feature_stats, iterate_batches, num_batches
+from ..data.device import DeviceDialogues, keep_on_device
 from ..graphs import GraphedPredictor, GraphedTrainer, capture_blockers
 from ..io import atomic_write_text, output_folder
 from ..model import CMATH
@@ -63,16 +65,21 @@ DEVICE_SYNC_EVERY = 25
 
 class EpochTerms:
     """An epoch's loss terms, summed on the device over the finite steps, with the first step whose
-    terms were not finite (its index and terms kept on the device until the host reads them)."""
+    terms were not finite (its index and terms kept on the device until the host reads them).
+
+    Everything ``add`` does is on the device, in place, with the step counted there too: a graphed
+    training step (``graphs.GraphedTrainer(terms=...)``) does it inside its graph, so the
+    bookkeeping launches nothing per step outside the replay. ``reset()`` starts the next epoch
+    in the same buffers (the graphs keep reading them)."""
 
     def __init__(self, every: int):
         self.every = every
         self.order: List[str] = []
         self.names: List[str] = []
         self.beta = None
-        self.sums = self.count = self.bad_step = self.bad = None
+        self.sums = self.count = self.bad_step = self.bad = self.steps = None
 
-    def add(self, step: int, terms: Dict[str, torch.Tensor]) -> None:
+    def add(self, terms: Dict[str, torch.Tensor]) -> None:
         if self.sums is None:
             self.order = list(terms)
             self.names = [k for k in terms if k != "beta"]  # beta: the epoch's weight, not summed
@@ -81,14 +88,37 @@ class EpochTerms:
             self.bad = torch.zeros_like(self.sums)
             self.count = torch.zeros((), dtype=torch.float64, device=device)
             self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
-        self.beta = terms["beta"]  # read on the host with the means (no sync per step)
+            self.steps = torch.zeros((), dtype=torch.long, device=device)
+            self.beta = torch.zeros((), dtype=torch.float32, device=device)
+        self.beta.copy_(terms["beta"])  # read on the host with the means (no sync per step)
         vec = torch.stack([terms[k].double() for k in self.names])
         finite = torch.isfinite(vec).all()
-        self.sums += torch.where(finite, vec, torch.zeros_like(vec))
-        self.count += finite.double()
+        self.sums.add_(torch.where(finite, vec, torch.zeros_like(vec)))
+        self.count.add_(finite.double())
         first = (self.bad_step < 0) & ~finite
-        self.bad = torch.where(first, vec, self.bad)
-        self.bad_step = torch.where(first, torch.full_like(self.bad_step, step), self.bad_step)
+        self.bad.copy_(torch.where(first, vec, self.bad))
+        self.bad_step.copy_(torch.where(first, self.steps, self.bad_step))
+        self.steps.add_(1)
+
+    def snapshot(self):
+        """The accumulators' values (None before the first step), for ``restore``."""
+        return None if self.sums is None else [t.clone() for t in (self.sums, self.bad, self.count, self.steps,
+                                                                   self.bad_step)]
+
+    def restore(self, snap) -> None:
+        """Back to a ``snapshot`` in place (the buffers' addresses kept)."""
+        if snap is None:
+            self.reset()
+            return
+        for t, saved in zip((self.sums, self.bad, self.count, self.steps, self.bad_step), snap):
+            t.copy_(saved)
+
+    def reset(self) -> None:
+        """Zero the sums and counts for a new epoch (a handful of fills, once per epoch)."""
+        if self.sums is not None:
+            for t in (self.sums, self.bad, self.count, self.steps):
+                t.zero_()
+            self.bad_step.fill_(-1)
 
     def due(self, step: int, last: bool) -> bool:
         return last or (step + 1) % self.every == 0
@@ -211,7 +241,13 @@ def _train_one(cfg, data, opts, out_dir, log):
     skip = opts.on_nonfinite == "skip"
     every = 1 if torch.device(opts.device).type == "cpu" else DEVICE_SYNC_EVERY
     pin = torch.device(opts.device).type == "cuda"  # non-blocking host-to-device copies
-    graphed = predictor = None
+    graphed = predictor = store = None
+    on_device, why = keep_on_device(train_d, opts.device, weight_dtype(precision), opts.device_data)
+    if on_device:  # a step then copies its utterance indices, not its features
+        store = DeviceDialogues(train_d, opts.device, weight_dtype(precision))
+    if pin:
+        log(f"training features {'on the device' if store is not None else 'copied per step'} ({why})")
+    terms_sum = EpochTerms(every)  # one for the run: the graphs accumulate into its buffers
     if opts.cuda_graphs and pin:
         # one predictor for the run: evaluation captures its graphs once, not every epoch
         predictor = GraphedPredictor(model, batch_size=opts.batch_size, precision=precision)
@@ -220,23 +256,26 @@ def _train_one(cfg, data, opts, out_dir, log):
             log("CUDA graphs off for the training step (evaluation keeps them): " + "; ".join(blockers))
         else:
             graphed = GraphedTrainer(model, opt, batch_size=opts.batch_size, precision=precision,
-                                     max_grad_norm=opts.max_grad_norm)
+                                     max_grad_norm=opts.max_grad_norm, store=store, terms=terms_sum)
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         model.train()
         n_steps = num_batches(len(train_d), opts.batch_size)
         n_skipped = 0
-        terms_sum = EpochTerms(every)
+        terms_sum.reset()
         bar = _progress(n_steps, f"epoch {epoch}", progress)
-        for step, batch in enumerate(iterate_batches(train_d, opts.batch_size, shuffle=True, generator=shuffle_gen,
-                                                     pin=pin, bucket=graphed.bucket if graphed else None,
-                                                     group_by_length=opts.group_by_length)):
+        draw = store.batches if store is not None else functools.partial(iterate_batches, train_d)
+        for step, batch in enumerate(draw(opts.batch_size, shuffle=True, generator=shuffle_gen, pin=pin,
+                                          bucket=graphed.bucket if graphed else None,
+                                          group_by_length=opts.group_by_length)):
             with explain_oom(batch, opts.device):
                 if graphed is not None:
                     total, terms = graphed.step(batch, epoch)
                 else:
                     # the packed layout built from the host's lengths: no read-back from the device
                     b = (batch.with_rows() if model.packs() else batch).to(opts.device, weight_dtype(precision))
+                    if store is not None:
+                        b = b.gather(store)
                     total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
                                               skip_nonfinite=skip, precision=precision, scaler=scaler,
                                               rows=b.rows)
@@ -247,7 +286,8 @@ def _train_one(cfg, data, opts, out_dir, log):
                 log(f"epoch {epoch} step {step}: non-finite loss ({shown}); step skipped")
                 bar.update(1)
                 continue
-            terms_sum.add(step, terms)
+            if graphed is None:  # a graphed step accumulated its terms inside its graph
+                terms_sum.add(terms)
             bar.update(1)
             if terms_sum.due(step, step == n_steps - 1):
                 bad_step, bad_terms = terms_sum.first_nonfinite()

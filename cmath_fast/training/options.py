@@ -34,6 +34,7 @@ class TrainOptions:
     on_nonfinite: str = "stop"  # a non-finite loss: "stop" the run, or "skip" the step
     group_by_length: bool = False  # batches of dialogues of similar length (less padding)
     cuda_graphs: bool = True  # on CUDA: replay the training step and inference from CUDA graphs
+    device_data: str = "auto"  # auto | on | off: the training features held on the device (data.device)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns on CUDA
     stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
     overwrite: bool = False  # replace a run already in the output folder (else refused without resume)
@@ -55,6 +56,8 @@ class TrainOptions:
             raise ValueError(f"--clip-grad-norm: expected >= 0 (0 = off), got {self.max_grad_norm}")
         from ..components import parse_fused
         parse_fused(self.fused, "--fused")
+        if self.device_data not in ("auto", "on", "off"):
+            raise ValueError(f"--device-data: expected auto, on or off, got {self.device_data!r}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"--on-nonfinite: expected 'stop' or 'skip', got {self.on_nonfinite!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)):

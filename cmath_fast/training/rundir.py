@@ -22,7 +22,7 @@ _HELD: Dict[str, int] = {}  # lock paths this process holds -> nesting depth
 # Options that may change on resume: they do not change what the run computes (the backend and its
 # fused components change its speed and, in training, its random stream: a resume says so).
 RESUME_FREE_OPTIONS = {"epochs", "device", "backend", "fused", "resume", "override", "progress", "precision",
-                       "cuda_graphs", "deterministic", "overwrite", "data_fingerprint",
+                       "cuda_graphs", "device_data", "deterministic", "overwrite", "data_fingerprint",
                        "stop_after_epoch", "protocol_overrides"}
 
 

@@ -178,7 +178,7 @@ def code_report(preset="iemocap", cc=90):
     from tests.kernels.runtime_specs import distinct, record_in_subprocess
 
     rows = []
-    for launch in distinct(record_in_subprocess(preset)):
+    for launch in distinct(record_in_subprocess(preset, cc)):
         k = runtime_compile(launch, cc)
         ptx = k.asm["ptx"]
         regs, spills = ptxas_report(ptx, cc) or (None, None)

@@ -34,8 +34,9 @@ def _describe(value):
     raise TypeError(f"unrecorded argument {value!r}")
 
 
-def record(preset: str, precision: str = "bf16-mixed"):
-    """-> one dict per launch of a training step of the fused model at ``preset``'s benchmark shape."""
+def record(preset: str, precision: str = "bf16-mixed", cc: int = 90):
+    """-> one dict per launch of a training step of the fused model at ``preset``'s benchmark shape,
+    the launchers choosing the tiles of compute capability ``cc``'s family."""
     os.environ["TRITON_INTERPRET"] = "1"
     from cmath_fast import CMATH
     from cmath_fast.bench.shapes import MODEL_SHAPES
@@ -63,6 +64,8 @@ def record(preset: str, precision: str = "bf16-mixed"):
 
     _common._launch = stub
     configs.interpreting = lambda: False  # the GPU's tiles
+    family = configs.family_of(cc // 10, cc % 10)
+    configs.gpu_family = lambda index=None: family
     torch.manual_seed(0)
     model = CMATH(cfg, backend="triton")
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
@@ -84,12 +87,12 @@ def distinct(launches):
     return out
 
 
-def record_in_subprocess(preset: str):
+def record_in_subprocess(preset: str, cc: int = 90):
     """``record`` in a fresh interpreter process (it patches the kernels and needs the interpreter;
     the caller compiles without it)."""
     import subprocess
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    res = subprocess.run([sys.executable, "-m", "tests.kernels.runtime_specs", preset], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "tests.kernels.runtime_specs", preset, str(cc)], capture_output=True,
                          text=True, cwd=root, env=dict(os.environ, TRITON_INTERPRET="1"))
     if res.returncode != 0:
         raise RuntimeError(f"recording the launches failed:\n{res.stderr[-3000:]}")
@@ -97,5 +100,6 @@ def record_in_subprocess(preset: str):
 
 
 if __name__ == "__main__":
-    for launch in distinct(record(sys.argv[1] if len(sys.argv) > 1 else "iemocap")):
+    for launch in distinct(record(sys.argv[1] if len(sys.argv) > 1 else "iemocap",
+                                  cc=int(sys.argv[2]) if len(sys.argv) > 2 else 90)):
         print(json.dumps(launch))

@@ -186,3 +186,27 @@ def test_bad_inputs(kwargs, match):
     e, w, b = args.pop("e"), args.pop("weight"), args.pop("bias")
     with pytest.raises((ValueError, TypeError), match=match):
         variational_fusion(e, w, b, **args)
+
+
+def test_fp32_master_weight_gets_its_gradient_in_fp32_under_autocast():
+    """Under bf16 autocast the op reads the fp32 master weight and bias in bf16 (cast inside) and
+    hands their gradients back in fp32, computed with fp32 results: no bf16 copy on the autograd
+    graph, and the gradient as close to the float64 reference (on the bf16-rounded inputs) as the
+    bf16 activations allow."""
+    from cmath_fast.ops.variational_fusion import variational_fusion
+    e, w, b, eps, rows = _inputs(23, 32, 16, 1.0)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        z, kl = variational_fusion(e, w, b, eps=eps, row_mask=rows, training=True)
+    assert z.dtype == torch.bfloat16
+    # the master weight and bias feed the op directly (no cast node between them and it)
+    leaves = [f for f, _ in z.grad_fn.next_functions if f is not None]
+    assert sum(type(f).__name__ == "AccumulateGrad" for f in leaves) == 2, leaves
+    (z.float().sum() + kl.float().sum()).backward()
+    assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+    rnd = lambda t: t.detach().bfloat16().double().requires_grad_(True)  # noqa: E731
+    e64, w64, b64 = rnd(e), rnd(w), rnd(b)
+    z64, kl64 = variational_fusion_ref(e64, w64, b64, eps=eps.double(), row_mask=rows, training=True)[:2]
+    (z64.sum() + kl64.sum()).backward()
+    for got, want in ((w.grad, w64.grad), (b.grad, b64.grad)):
+        err = (got.double() - want).norm() / want.norm()
+        assert err < 2e-2, float(err)
