@@ -27,6 +27,9 @@ setup(
         "test": ["pytest", "hypothesis"],
         "bench": ["pytest-benchmark", "matplotlib"],
         "xformers": ["xformers"],
+        # features from one's own recordings (cmath-fast features extract): no torchvision or
+        # torchaudio, whose wheels pin other torch builds
+        "features": ["transformers", "opensmile", "soundfile", "av", "pillow", "scipy"],
     },
     entry_points={"console_scripts": ["cmath-fast=cmath_fast.cli:main"]},
     license="MIT",

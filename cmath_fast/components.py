@@ -32,7 +32,7 @@ ENV_VAR = "CMATH_FAST_FUSED"
 KERNEL_PREFIXES = {
     "attention": ("_cma_",),
     "fusion": ("_vf_", "_poe_"),
-    "unets": ("_row_conv_", "_standardise", "_rec_"),
+    "unets": ("_row_conv_", "_tap_major", "_standardise", "_rec_"),
     "norms": ("_ln_",),
     "loss": ("_loss_",),
 }

@@ -139,6 +139,7 @@ ROW_CONV = (
     ("fwd", ANY, ANY, ANY, Tile(64, 64, 32, 4, 3)),
     ("bwd_dx", ANY, ANY, ANY, Tile(64, 64, 32, 4, 3)),
     ("bwd_dw", ANY, ANY, ANY, Tile(32, 64, 64, 8, 2)),
+    ("taps", ANY, ANY, ANY, Tile(32, 64, 0, 4, 1)),  # the weights to tap-major rows: (C_in, C_out) tiles
 )
 
 # Rows for one GPU family in FUSION's and ROW_CONV's formats, consulted before those tables there
@@ -229,7 +230,7 @@ def all_fusion_tiles(family: str = "") -> Iterator[Tuple[str, int, int, str, Til
 
 
 def row_conv_tile(kernel: str, dtype: torch.dtype, gpu: bool = None) -> Tile:
-    """The tile of a row-convolution kernel ("fwd", "bwd_dx", "bwd_dw")."""
+    """The tile of a row-convolution kernel ("fwd", "bwd_dx", "bwd_dw", "taps")."""
     if not (gpu if gpu is not None else not interpreting()):
         return INTERPRETER
     return _lookup(ROW_CONV_BY_FAMILY.get(gpu_family(), ()) + ROW_CONV, kernel, ANY, ANY, dtype_name(dtype))

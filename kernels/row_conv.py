@@ -389,6 +389,45 @@ def _three(vals):
     return vals + [vals[0]] * (3 - len(vals))
 
 
+@triton.jit
+def _tap_major_kernel(W0, W1, W2, T0, T1, T2, CI0, CI1, CI2, CO0, CO1, CO2, WS0, WS1, WS2,
+                      K: tl.constexpr, G: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+    """T_g[j, i, o] = W_g[o, i, j] in T's dtype for o < CO_g, 0 for CO_g <= o < WS_g: Conv1d weights
+    (CO_g, CI_g, K) contiguous to tap-major rows padded with zeros. One (BLOCK_I, BLOCK_O) tile of
+    tap program_id(2) % K of group program_id(2) // K."""
+    g = tl.program_id(2) // K
+    j = tl.program_id(2) % K
+    W = _pick(g, W0, W1, W2, G)
+    T = _pick(g, T0, T1, T2, G)
+    C_in = _pick(g, CI0, CI1, CI2, G)
+    C_out = _pick(g, CO0, CO1, CO2, G)
+    WS = _pick(g, WS0, WS1, WS2, G)
+    offs_i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    i_ok = (offs_i < C_in)[:, None]
+    w = tl.load(W + offs_o[None, :] * (C_in * K) + offs_i[:, None] * K + j, mask=i_ok & (offs_o < C_out)[None, :],
+                other=0.0)
+    tl.store(T + j * (C_in * WS) + offs_i[:, None] * WS + offs_o[None, :], w.to(T.dtype.element_ty),
+             mask=i_ok & (offs_o < WS)[None, :])
+
+
+def tap_major(weights, dtype):
+    """Conv1d weights (CO_g, CI_g, K), contiguous, one K -> G tensors (K, CI_g, CO_g rounded up to a
+    multiple of 16) in ``dtype``, zero past CO_g (the layout the kernels read, as ``[..., :CO_g]``
+    views), made by one launch for all the groups (the cast autocast would make anyway, permuted)."""
+    G, K = len(weights), weights[0].shape[2]
+    bufs = [torch.empty((K, w.shape[1], -(-w.shape[0] // 16) * 16), device=w.device, dtype=dtype)
+            for w in weights]
+    tile = row_conv_tile("taps", dtype)
+    block_i, block_o = tile.block_m, tile.block_n
+    grid = (triton.cdiv(max(w.shape[1] for w in weights), block_i),
+            triton.cdiv(max(b.shape[2] for b in bufs), block_o), G * K)
+    launch(_tap_major_kernel, grid, *_three(weights), *_three(bufs), *_three([w.shape[1] for w in weights]),
+           *_three([w.shape[0] for w in weights]), *_three([b.shape[2] for b in bufs]), K=K, G=G,
+           BLOCK_I=block_i, BLOCK_O=block_o, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return bufs
+
+
 def row_conv_fwd(x, xb, weights, biases, pos, lens, pad, act, save_pre, ref=None):
     """x (G, N, C_X), xb (G, N, C_B) or None, weights G tap-major (K, CI_g + C_B, CO_g), biases G (CO_g,) or
     None, pos/lens (N,) int32 -> (y (G, N, max CO_g) in x's dtype, pre or None, part or None).

@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import List, Optional
 
-from . import bench, data, env, train
+from . import bench, data, env, features, train
 from ..training.errors import NonFiniteLossError
 from .common import CLIError
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of an error (also CMATH_FAST_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (env, train, data, bench):
+    for module in (env, train, data, features, bench):
         module.add_parsers(sub)
     return p
 

@@ -145,32 +145,60 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def prediction_rows(dialogue, probs, names):
-    """JSON lines of one dialogue's predictions; a non-finite probability is written as null and the
-    row flagged (the output stays valid JSON)."""
+def prediction_rows(dialogue, probs, names, speakers=None):
+    """JSON lines of one dialogue's predictions (with each utterance's speaker when ``speakers``
+    names them); a non-finite probability is written as null and the row flagged (the output stays
+    valid JSON)."""
     import json
     import math
     for i, p in enumerate(probs):
         finite = all(math.isfinite(float(x)) for x in p)
-        row = {"dialogue": dialogue.id, "index": i,
+        row = {"dialogue": dialogue.id, "index": i}
+        if speakers is not None:
+            row["speaker"] = speakers[i]
+        row.update({
                "label": names[int(p.argmax())] if finite else None,
                "probabilities": {n: (round(float(x), 6) if math.isfinite(float(x)) else None)
-                                 for n, x in zip(names, p)}}
+                                 for n, x in zip(names, p)}})
         if not finite:
             row["nonfinite"] = True
         yield json.dumps(row, allow_nan=False)
 
 
+def _manifest_data(args):
+    """predict --manifest: the checkpoint's model and the manifest's features, extracted with the
+    extractors the checkpoint's training features were made with; -> (model, data, speakers by
+    dialogue: the manifest's speaker names)."""
+    from ..features.extract import extract_data, rebuild_extractors
+    from ..training import check_data_matches, load_model
+    check_device_flag(args.device)
+    _positive("--batch-size", args.batch_size)
+    if args.out != "-":
+        from ..io import output_file
+        output_file(args.out)
+    model, meta = load_model(args.checkpoint, device=args.device, backend=args.backend, fused=fused_arg(args))
+    extractors = rebuild_extractors(meta.get("extractors") or {}, device=args.device)
+    data, manifest = extract_data(args.manifest, extractors, model.cfg.labels(), model.cfg.num_speakers,
+                                  args.cache or args.manifest + ".cache", log=lambda m: print(m, file=sys.stderr))
+    check_data_matches(model.cfg, data)
+    return model, data, {name: [u.speaker for u in rows] for name, rows in manifest.dialogues.items()}
+
+
 def cmd_predict(args) -> int:
     from ..io import atomic_write_text
     from ..training import predict_dialogues
-    model, data = _model_and_data(args)
-    dialogues = data.split(args.split) if args.split != "all" else list(data.dialogues.values())
+    speakers = None
+    if getattr(args, "manifest", None):
+        model, data, speakers = _manifest_data(args)
+        dialogues = list(data.dialogues.values())
+    else:
+        model, data = _model_and_data(args)
+        dialogues = data.split(args.split) if args.split != "all" else list(data.dialogues.values())
     names = model.cfg.labels()
     lines = []
     for d, probs in predict_dialogues(model, dialogues, args.batch_size, args.device,
                                        cuda_graphs=args.cuda_graphs):
-        lines.extend(prediction_rows(d, probs, names))
+        lines.extend(prediction_rows(d, probs, names, speakers[d.id] if speakers else None))
     if args.out == "-":  # JSON lines on stdout, everything else on stderr
         sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
         sys.stdout.flush()
@@ -259,7 +287,17 @@ def add_parsers(sub) -> None:
                            ("predict", "per-utterance predictions as JSON lines")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--checkpoint", required=True, help="a run folder or a .safetensors checkpoint")
-        s.add_argument("--data", required=True)
+        if name == "predict":
+            src = s.add_mutually_exclusive_group(required=True)
+            src.add_argument("--data", help="a feature file")
+            src.add_argument("--manifest", help="a manifest of raw conversations (CSV or JSON Lines, as for "
+                                                "`features extract`): its features are extracted with the "
+                                                "extractors the checkpoint's training features were made with; "
+                                                "every row is predicted")
+            s.add_argument("--cache", default=None,
+                           help="with --manifest: the per-utterance feature cache (default MANIFEST.cache)")
+        else:
+            s.add_argument("--data", required=True)
         s.add_argument("--split", default="test",
                        help="a split the file names (the lineage files and synthetic sets have train and "
                             "test)" + ("; all: every dialogue" if name == "predict" else ""))

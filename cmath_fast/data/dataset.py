@@ -46,6 +46,9 @@ class MERData:
     dataset: str = "custom"
     layout: str = "native"
     notes: List[str] = field(default_factory=list)
+    # How each modality's features were made ({"t"|"a"|"v": description}), when known: written by
+    # `cmath-fast features extract`, stored in the native file and in checkpoints trained on it.
+    extractors: Dict[str, dict] = field(default_factory=dict)
 
     @property
     def dims(self) -> Dict[str, int]:
@@ -126,6 +129,9 @@ class MERData:
         lines.append(f"labels: {hist}")
         lengths = [len(d) for d in self.dialogues.values()]
         lines.append(f"dialogue length: min {min(lengths)}, mean {np.mean(lengths):.1f}, max {max(lengths)}")
+        for m, desc in self.extractors.items():
+            lines.append(f"{MODALITY_NAMES.get(m, m)} extractor: " + ", ".join(
+                f"{k} {v}" for k, v in desc.items() if v is not None and k != "name") + f" ({desc.get('name')})")
         lines.extend(f"note: {n}" for n in self.notes)
         return lines
 

@@ -3,7 +3,8 @@
 Arrays: ``text``, ``audio``, ``visual`` (N_utt, D_m) float32, ``speakers`` and ``labels``
 (N_utt,) int64 and ``offsets`` (n_dialogues + 1,) int64 — dialogue i is rows
 ``offsets[i]:offsets[i+1]``. The header's metadata key ``cmath_fast_data`` holds a JSON object with
-the dialogue ids (in order), the splits, class names, speaker count, dataset and notes. Loading it
+the dialogue ids (in order), the splits, class names, speaker count, dataset, notes and (for features
+extracted by `cmath-fast features extract`) each modality's extractor. Loading it
 never executes anything.
 """
 
@@ -50,6 +51,7 @@ def save_native(data: MERData, path: str) -> None:
         "dataset": data.dataset,
         "source_layout": data.layout,
         "notes": list(data.notes),
+        "extractors": dict(data.extractors),
     }
     payload = save(arrays, metadata={FORMAT_KEY: json.dumps(meta)})
     atomic_write(path, payload)
@@ -119,7 +121,8 @@ def load_native(path: str) -> MERData:
     return MERData(dialogues=dialogues, splits={k: list(v) for k, v in meta["splits"].items()},
                    class_names=tuple(meta["class_names"]), num_speakers=int(meta["num_speakers"]),
                    dataset=str(meta.get("dataset", "custom")), layout="native",
-                   notes=[str(n) for n in meta.get("notes", [])])
+                   notes=[str(n) for n in meta.get("notes", [])],
+                   extractors=meta.get("extractors") if isinstance(meta.get("extractors"), dict) else {})
 
 
 def _check_meta(path: str, meta: dict) -> None:

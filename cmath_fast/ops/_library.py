@@ -25,6 +25,7 @@ Operators (optional outputs that were not asked for come back as empty tensors):
         -> (y (G, N, C_Y), pre or empty, reconstruction partial sums fp32 or empty)
     row_conv_bwd(dy, x, xb?, weight[], pre, pos, len, pad, act, has_bias, need_dx)
         -> (dx or empty, dxb or empty, dW fp32 flat, db fp32 flat or empty)
+    row_conv_taps(weight[] (CO_g, CI_g, K), dtype) -> (K, CI_g, CO_g rounded up to 16) each, zero-padded
     standardise(x[], mean[], std[], src?, pos, len, out_dtype) -> (G, N, max D_g) standardised rows
     rec_total(part, pos, len) -> (L_rec () fp32, valid rows () fp32)
     rec_bwd(x_hat, ref, grec, nv, pos, len, dims) -> d x_hat
@@ -318,6 +319,15 @@ def _loss_bwd_fake(dtotal, z, f, fine, coarse, y, valid, cw, terms, tau, kd_scal
             z.new_empty((), **f32) if need_rec else z.new_empty((0,), **f32))
 
 
+def _row_conv_taps(weight, dtype):
+    from ..kernels.row_conv import tap_major
+    return list(tap_major([w.contiguous() for w in weight], dtype))
+
+
+def _row_conv_taps_fake(weight, dtype):
+    return [w.new_empty((w.shape[2], w.shape[1], -(-w.shape[0] // 16) * 16), dtype=dtype) for w in weight]
+
+
 SCHEMAS = {
     "cma_fwd": ("(Tensor q, Tensor k, Tensor v, Tensor? gates, Tensor q_len, Tensor kv_len, Tensor? seed, "
                 "float sm_scale, float dropout_p, bool joint, bool store_ungated, Tensor? starts=None, "
@@ -338,6 +348,7 @@ SCHEMAS = {
     "row_conv_fwd": ("(Tensor x, Tensor? xb, Tensor[] weight, Tensor[]? bias, Tensor pos, Tensor lens, int pad, "
                      "int act, bool save_pre, Tensor? ref=None) -> (Tensor, Tensor, Tensor)",
                      _row_conv_fwd, _row_conv_fwd_fake),
+    "row_conv_taps": ("(Tensor[] weight, ScalarType dtype) -> Tensor[]", _row_conv_taps, _row_conv_taps_fake),
     "row_conv_bwd": ("(Tensor dy, Tensor x, Tensor? xb, Tensor[] weight, Tensor pre, Tensor pos, Tensor lens, int pad, "
                      "int act, bool has_bias, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor)",
                      _row_conv_bwd, _row_conv_bwd_fake),

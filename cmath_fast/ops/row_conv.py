@@ -29,34 +29,19 @@ def dialogue_rows(lengths: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, to
     return pos, lens
 
 
-def tap_major(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A Conv1d weight (C_out, C_in, K) as the kernels read it: (K, C_in, C_out) in ``dtype``, each
-    row of C_out channels padded with zeros to a multiple of 16 (a view of the padded buffer: the
-    kernels read whole 16-byte runs of a row whatever C_out is, and the zeros make the padding
-    columns contribute nothing). One copy that casts and permutes in the same pass (the cast
-    autocast would make anyway); a width that is not a multiple of 16 adds one small fill of the
-    padding columns."""
-    c_out = w.shape[0]
-    width = -(-c_out // 16) * 16
-    buf = torch.empty((w.shape[2], w.shape[1], width), device=w.device, dtype=dtype)
-    if width > c_out:
-        buf[..., c_out:].zero_()
-    out = buf[..., :c_out]
-    out.copy_(w.detach().permute(2, 1, 0))
-    return out
-
-
 class RowConvFunction(torch.autograd.Function):
     """y (G, N, C_Y) [, reconstruction partial sums] of G grouped row convolutions; params: the G
-    weights (Conv1d's layout, any float dtype: the master weights themselves, read in x's dtype
-    through ``tap_major``), then the G biases (when there are biases). The weight gradients come
-    back in fp32 from the kernel and are handed to the weights in their own dtype: an fp32 master
-    weight under autocast gets its gradient with no cast at all."""
+    weights (Conv1d's layout, any float dtype: the master weights themselves, cast to x's dtype,
+    laid out tap-major and zero-padded by the ``row_conv_taps`` operator in one launch for the G),
+    then the G biases (when there are biases). The weight gradients come back in fp32 from the
+    kernel and are handed to the weights in their own dtype: an fp32 master weight under autocast
+    gets its gradient with no cast at all."""
 
     @staticmethod
     def forward(ctx, x, xb, pos, lens, pad, act, ref, n_groups, *params):
         ctx.set_materialize_grads(False)
-        taps = [tap_major(w, x.dtype) for w in params[:n_groups]]
+        taps = [t[..., :w.shape[0]] for t, w in
+                zip(op("row_conv_taps")([w.detach() for w in params[:n_groups]], x.dtype), params)]
         biases = list(params[n_groups:]) or None
         y, pre, part = op("row_conv_fwd")(x, xb, taps, biases, pos, lens, pad, act, any(ctx.needs_input_grad), ref)
         ctx.save_for_backward(x, xb, pre, pos, lens, *taps)

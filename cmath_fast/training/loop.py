@@ -317,14 +317,16 @@ def _train_one(cfg, data, opts, out_dir, log):
                     "test": public(tst), "confusion": confusion_matrix_of(tst, len(names))}
             save_model(os.path.join(out_dir, "best.safetensors"), model,
                        {"epoch": epoch, "select_on": opts.select_on, "metrics": public(tst),
-                        "selection": SELECTION_TEXT[opts.select_on], "protocol_label": protocol_label(opts)})
+                        "selection": SELECTION_TEXT[opts.select_on], "protocol_label": protocol_label(opts),
+                        "extractors": data.extractors})
         extra = {"rng/torch": torch.get_rng_state(), "rng/shuffle": shuffle_gen.get_state()}
         if opts.device.startswith("cuda"):
             extra["rng/cuda"] = torch.cuda.get_rng_state()
         opt_tensors, opt_meta = flatten_optimizer(opt)
         extra.update(opt_tensors)
         save_model(last_path, model, {"epoch": epoch, "history": history, "best": best,
-                                      "optimizer": opt_meta, "options": asdict(opts)}, extra)
+                                      "optimizer": opt_meta, "options": asdict(opts),
+                                      "extractors": data.extractors}, extra)
         _write_history(os.path.join(out_dir, "history.csv"), history)
         if opts.stop_after_epoch is not None and epoch >= opts.stop_after_epoch:
             return {"interrupted_after_epoch": epoch}

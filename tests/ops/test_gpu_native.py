@@ -183,7 +183,7 @@ def test_no_new_variant_over_many_calls_in_one_bucket():
     from cmath_fast.ops.row_conv import dialogue_rows, row_conv
     kernels = [cma._cma_fwd_kernel, cma._cma_bwd_preprocess_kernel, cma._cma_bwd_dkdv_kernel,
                cma._cma_bwd_dq_kernel, vf._vf_fwd_kernel, vf._vf_bwd_kernel, rc._row_conv_fwd_kernel,
-               rc._row_conv_bwd_dx_kernel, rc._row_conv_bwd_dw_kernel]
+               rc._row_conv_bwd_dx_kernel, rc._row_conv_bwd_dw_kernel, rc._tap_major_kernel]
     gen = torch.Generator().manual_seed(0)
     S, H, dh, d = 3, 4, 32, 64
 
