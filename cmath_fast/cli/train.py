@@ -121,9 +121,11 @@ def _model_and_data(args):
         output_file(args.out)
     elif args.out == "-" and args.command != "predict":
         raise CLIError("--out -: stdout is for predict's JSON lines; give evaluate a file path")
-    model, _ = load_model(args.checkpoint, device=args.device, backend=args.backend, fused=fused_arg(args))
+    model, meta = load_model(args.checkpoint, device=args.device, backend=args.backend, fused=fused_arg(args))
     data = load_features(args.data)
     check_data_matches(model.cfg, data)
+    from ..features.extract import check_same_extractors
+    check_same_extractors(meta.get("extractors") or {}, data.extractors)
     return model, data
 
 

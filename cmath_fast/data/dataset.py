@@ -65,7 +65,8 @@ class MERData:
         return [self.dialogues[i] for i in self.splits[name]]
 
     def validate(self) -> None:
-        """Check every dialogue: consistent lengths and dims, labels and speakers in range."""
+        """Check every dialogue: consistent lengths and dims, labels (or -1: unlabelled, as in a
+        manifest of new conversations) and speakers in range."""
         if not self.dialogues:
             raise DataError("the data holds no dialogue")
         dims = self.dims
@@ -88,7 +89,7 @@ class MERData:
                     raise DataError(f"dialogue {d.id!r}: {MODALITY_NAMES[m]} features hold NaN or inf")
             if d.speakers.shape != (n,):
                 raise DataError(f"dialogue {d.id!r}: {d.speakers.shape[0]} speakers for {n} utterances")
-            bad = d.labels[(d.labels < 0) | (d.labels >= self.num_classes)]
+            bad = d.labels[(d.labels < -1) | (d.labels >= self.num_classes)]  # -1: unlabelled
             if bad.size:
                 raise DataError(
                     f"dialogue {d.id!r}: label {int(bad[0])} outside the {self.num_classes} classes "
@@ -109,6 +110,8 @@ class MERData:
         if not self.splits.get("train"):
             raise DataError("the data has no train split (or an empty one): it can be evaluated or "
                             f"predicted, not trained on; its splits are {sorted(self.splits)}")
+        if not any((self.dialogues[i].labels >= 0).any() for i in self.splits["train"]):
+            raise DataError("the train split has no labelled utterance: it can be predicted, not trained on")
 
     def feature_stats(self, split: str = "train") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Per-feature mean and std over the utterances of ``split`` (for the standardisation)."""
@@ -126,6 +129,8 @@ class MERData:
         for d in self.dialogues.values():
             counts.update(d.labels.tolist())
         hist = ", ".join(f"{self.class_names[c]} {counts.get(c, 0)}" for c in range(self.num_classes))
+        if counts.get(-1):
+            hist += f"; unlabelled {counts[-1]}"
         lines.append(f"labels: {hist}")
         lengths = [len(d) for d in self.dialogues.values()]
         lines.append(f"dialogue length: min {min(lengths)}, mean {np.mean(lengths):.1f}, max {max(lengths)}")

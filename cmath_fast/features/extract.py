@@ -203,6 +203,23 @@ def extract_data(manifest_path: str, extractors: dict, names: Sequence[str], n_s
     return data, manifest
 
 
+IGNORED_KEYS = ("revision", "package_version")
+
+
+def check_same_extractors(trained: dict, data: dict) -> None:
+    """Where both the checkpoint and the feature file record their extractors, they must agree
+    (a revision or package version aside): a modality made otherwise is a one-line error."""
+    if not trained or not data:
+        return
+    for m in MODALITIES:
+        a, b = trained.get(m) or {}, data.get(m) or {}
+        diff = sorted(k for k in set(a) | set(b) if k not in IGNORED_KEYS and a.get(k) != b.get(k))
+        if diff:
+            shown = ", ".join(f"{k} {b.get(k)!r} where the checkpoint's had {a.get(k)!r}" for k in diff)
+            raise ManifestError(f"{MODALITY_LONG[m]}: the data's features were made by another extractor than the "
+                                f"checkpoint's training features ({shown}); use features made as they were")
+
+
 def rebuild_extractors(described: dict, device: Optional[str] = None, batch_size: int = 16) -> dict:
     """The extractors a feature file (or a checkpoint trained on one) records, built again; one
     whose description no longer matches what it builds (a model changed at its path) is an error."""
@@ -229,7 +246,7 @@ def rebuild_extractors(described: dict, device: Optional[str] = None, batch_size
             raise ManifestError(f"{MODALITY_LONG[m]}: the checkpoint's extractor {kind!r} is not one this "
                                 f"cmath-fast can run")
         now = ex.describe()
-        changed = [k for k in now if k not in ("revision", "package_version") and now.get(k) != d.get(k)]
+        changed = [k for k in now if k not in IGNORED_KEYS and now.get(k) != d.get(k)]
         if changed:
             raise ManifestError(f"{MODALITY_LONG[m]}: the extractor built from the checkpoint's record differs in "
                                 f"{', '.join(changed)} ({', '.join(f'{now.get(k)!r} vs {d.get(k)!r}' for k in changed)})")

@@ -63,6 +63,8 @@ def evaluate_model(model: CMATH, dialogues: Sequence[Dialogue], batch_size: int,
     preds = predict_dialogues(model, dialogues, batch_size, device, precision, predictor, cuda_graphs)
     y_true = np.concatenate([d.labels for d, _ in preds]) if preds else np.zeros(0, dtype=np.int64)
     y_pred = np.concatenate([p.argmax(-1) for _, p in preds]) if preds else np.zeros(0, dtype=np.int64)
+    labelled = y_true >= 0  # unlabelled utterances (-1) are predicted, not scored
+    y_true, y_pred = y_true[labelled], y_pred[labelled]
     result = metrics_from(y_true, y_pred, class_names)
     result["_y_true"], result["_y_pred"] = y_true, y_pred
     return result

@@ -36,6 +36,22 @@ def tiny_models(tmp_path_factory):
     return str(text), str(image)
 
 
+@pytest.fixture(scope="session")
+def tiny_speech_model(tmp_path_factory):
+    """A wav2vec 2.0 encoder at 16 kHz, random weights, saved to a folder."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "speech"
+    cfg = transformers.Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                      conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 4),
+                                      num_feat_extract_layers=2, num_conv_pos_embeddings=8,
+                                      num_conv_pos_embedding_groups=2, vocab_size=8)
+    transformers.Wav2Vec2Model(cfg).save_pretrained(str(path))
+    transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(str(path))
+    return str(path)
+
+
 def write_wav(path, seconds, freq, rate=16000, channels=1):
     import soundfile as sf
     t = np.arange(int(seconds * rate)) / rate

@@ -199,3 +199,62 @@ def test_the_readme_example_runs_as_written(tiny_models, tmp_path, monkeypatch):
         assert main(argv) == 0, argv
     rows = [json.loads(line) for line in open(tmp_path / "preds.jsonl")]
     assert len(rows) == 5 and rows[0]["speaker"] == "agent" and rows[0]["label"] in rows[0]["probabilities"]
+
+
+def test_speech_encoder_frames_folder_and_truncation(tiny_models, tiny_speech_model, tmp_path):
+    """A wav2vec 2.0 encoder on 22.05 kHz audio (resampled to its 16 kHz), frames from a folder at
+    the row's fps, and transcripts past the text encoder's 16 positions truncated and counted."""
+    import soundfile as sf
+    from PIL import Image
+
+    from cmath_fast.features.extractors import SpeechEncoder, read_audio
+    from cmath_fast.features.manifest import Utterance
+    from tests.features.conftest import write_wav
+    write_wav(tmp_path / "a.wav", 1.0, 220, rate=22050)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((40, 40, 3), i * 10, dtype=np.uint8)).save(frames / f"{i:04d}.png")
+    long = " ".join(["hello world"] * 20)
+    (tmp_path / "m.csv").write_text(
+        "dialogue,utterance,speaker,text,audio,video,fps,start,end\n"
+        f"d,0,A,{long},a.wav,frames,10,0,0.5\nd,1,B,short,a.wav,frames,10,0.5,1.0\n")
+    text, image = tiny_models
+    opts = ExtractOptions(text_model=text, audio_model=tiny_speech_model, visual_model=image, frames=2,
+                          device="cpu", cache=str(tmp_path / "cache"), classes=("a", "b"))
+    messages = []
+    out = str(tmp_path / "f.safetensors")
+    data = extract(str(tmp_path / "m.csv"), out, opts, log=messages.append)
+    assert data.dims == {"t": 32, "a": 16, "v": 24}
+    assert data.extractors["a"]["sample_rate"] == 16000 and data.extractors["a"]["name"] == "transformers-speech"
+    assert any("1 of 2 transcripts truncated" in m for m in messages)
+    assert any("truncated" in n for n in load_features(out).notes)
+    u = Utterance("d", 1, "B", "short", str(tmp_path / "a.wav"), start=0.5, end=1.0)
+    x, sr = read_audio(u, 16000)
+    assert sr == 16000 and abs(len(x) - 8000) <= 1 and sf.info(str(tmp_path / "a.wav")).samplerate == 22050
+    np.testing.assert_allclose(data.dialogues["d"].audio[1], SpeechEncoder(tiny_speech_model, "cpu")([u])[0],
+                               rtol=1e-5, atol=1e-5)
+    # the two utterances' frames differ (frames 0-4 against 5-9), and so do their features
+    assert not np.allclose(data.dialogues["d"].visual[0], data.dialogues["d"].visual[1])
+
+
+def test_unreadable_video_and_mismatched_extractors(tiny_models, recordings, tmp_path, capsys):
+    from cmath_fast.cli import main
+    text, image = tiny_models
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
+    m = tmp_path / "m.csv"
+    m.write_text("dialogue,utterance,speaker,text,audio,video\nd,0,A,hi,,bad.mp4\n")
+    with pytest.raises(ManifestError, match="row 1: unreadable video"):
+        extract(str(m), str(tmp_path / "f.safetensors"), _opts(tiny_models, tmp_path, audio="none"), log=lambda m: None)
+    # a feature file from other extractors than the checkpoint's training features: refused by name
+    a = str(tmp_path / "a.safetensors")
+    b = str(tmp_path / "b.safetensors")
+    common = ["--text-model", text, "--visual", "none", "--device", "cpu", "--no-progress"]
+    assert main(["features", "extract", recordings, "--out", a, *common]) == 0
+    assert main(["features", "extract", recordings, "--out", b, *common, "--text-pooling", "mean"]) == 0
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", a, "--epochs", "1", "--out", run, "--no-progress", "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", run, "--data", b, "--out", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "text: the data's features were made by another extractor" in err and "pooling" in err, err
