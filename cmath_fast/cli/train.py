@@ -52,13 +52,18 @@ def _check_train_flags(args) -> None:
         raise CLIError("--resume and --overwrite: give one (continue the run in --out, or replace it)")
     if args.override and not args.resume:
         raise CLIError("--override goes with --resume (it continues a run although settings differ)")
+    if args.devices is not None:
+        from ..training.parallel import parse_devices
+        parse_devices(args.devices)
+        if args.seeds < 2 and args.command == "train":
+            raise CLIError("--devices runs seeds in parallel: give --seeds N (N > 1), or --device for one run")
     check_output(args.out, args.resume, args.overwrite)
 
 
-def cmd_train(args) -> int:
-    import os
+def _run_setup(args):
+    """(data, config, options, notes) of a train or sweep command, flags checked first."""
     from ..data import data_fingerprint
-    from ..training import TrainOptions, apply_protocol, config_for_data, protocol_label, train
+    from ..training import TrainOptions, apply_protocol, config_for_data
     from ..training.configure import read_config_file
     _check_train_flags(args)
     data = load_data(args)
@@ -74,7 +79,7 @@ def cmd_train(args) -> int:
         max_grad_norm=5.0 if args.clip_grad_norm is None else args.clip_grad_norm,
         valid_fraction=args.valid_fraction, on_nonfinite=args.on_nonfinite, override=args.override,
         precision=args.precision, cuda_graphs=args.cuda_graphs, device_data=args.device_data,
-        deterministic=args.deterministic,
+        deterministic=args.deterministic, devices=args.devices,
         group_by_length=args.group_by_length, overwrite=args.overwrite,
         data_fingerprint=data_fingerprint(data, args.data))
     explicit = set(fields)
@@ -83,6 +88,13 @@ def cmd_train(args) -> int:
     if args.clip_grad_norm is not None:
         explicit.add("max_grad_norm")
     cfg, opts = apply_protocol(args.protocol, cfg, opts, data, explicit)
+    return data, cfg, opts, notes
+
+
+def cmd_train(args) -> int:
+    import os
+    from ..training import protocol_label, train
+    data, cfg, opts, notes = _run_setup(args)
     label = protocol_label(opts)
     print(f"data: {data.layout} ({data.dataset}); " + "; ".join(data.summary()[1:3]))
     for note in data.notes + notes:
@@ -101,6 +113,19 @@ def cmd_train(args) -> int:
     else:
         print(f"{result['split']} accuracy {result['accuracy']:.4f}, weighted F1 {result['weighted_f1']:.4f} "
               f"at epoch {result['epoch']} [{label}]; {dt:.0f}s; written to {args.out}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    import os
+    from ..training.sweep import sweep
+    data, cfg, opts, notes = _run_setup(args)
+    for note in data.notes + notes:
+        print(f"note: {note}")
+    t0 = time.perf_counter()
+    table = sweep(cfg, data, opts, args.grid, args.seeds, args.out)
+    print(table, end="")
+    print(f"{time.perf_counter() - t0:.0f}s; the table is in {os.path.join(args.out, 'sweep.md')} and sweep.csv")
     return 0
 
 
@@ -221,6 +246,19 @@ def add_device_arguments(s) -> None:
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("train", help="train CMATH (default: the small preset on synthetic data)")
+    _add_train_arguments(s)
+    s.set_defaults(func=cmd_train)
+    s = sub.add_parser("sweep", help="a grid of settings x seeds, in parallel over --devices, into one table")
+    _add_train_arguments(s)
+    s.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                   help="a setting and its values (repeatable): any config field (see --set) or training "
+                        "option (lr, batch_size, epochs, weight_decay, max_grad_norm, ...); the cells are "
+                        "every combination, each trained for --seeds seeds")
+    s.set_defaults(func=cmd_sweep)
+    _add_eval_parsers(sub)
+
+
+def _add_train_arguments(s) -> None:
     s.add_argument("--dataset", choices=["iemocap", "meld"], default=None,
                    help="preset to use (with --data: the file's dataset; without: synthetic data shaped like it)")
     s.add_argument("--data", default=None, help="a feature file (lineage pickle or native safetensors)")
@@ -283,7 +321,13 @@ def add_parsers(sub) -> None:
     s.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (torch.use_deterministic_algorithms): a rerun with "
                         "the same seed is bit-identical on CUDA too, a little slower")
-    s.set_defaults(func=cmd_train)
+    s.add_argument("--devices", default=None,
+                   help="run the seeds (and a sweep's cells) in parallel, one process per device: auto (every "
+                        "visible GPU), 0,1,... (those GPUs) or cpu:N (N CPU processes, each with its share of "
+                        "the cores); each seed in its own seedK folder, the mean ± std as without")
+
+
+def _add_eval_parsers(sub) -> None:
 
     for name, helptext in (("evaluate", "metrics and a classification report of a checkpoint"),
                            ("predict", "per-utterance predictions as JSON lines")):

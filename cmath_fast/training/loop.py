@@ -407,11 +407,24 @@ def _train_locked(cfg, data, opts, out_dir, seeds, log) -> dict:
                 log(f"--overwrite: removed the earlier run's {len(removed)} file(s) in {out_dir}")
         if seeds == 1:
             return train_one(cfg, data, opts, out_dir, log)
-        runs = []
-        for k in range(seeds):
-            seed_opts = TrainOptions(**{**asdict(opts), "seed": opts.seed + k})
-            log(f"--- seed {seed_opts.seed} ---")
-            runs.append(train_one(cfg, data, seed_opts, os.path.join(out_dir, f"seed{k}"), log))
+        seed_opts = [TrainOptions(**{**asdict(opts), "seed": opts.seed + k, "devices": None}) for k in range(seeds)]
+        folders = [os.path.join(out_dir, f"seed{k}") for k in range(seeds)]
+        if opts.devices:
+            from .parallel import parse_devices, run_parallel
+            devices = parse_devices(opts.devices)
+            log(f"{seeds} seeds on {len(devices)} processes ({', '.join(devices)})")
+            done, failed = run_parallel([(f"seed{k}", cfg, o, f) for k, (o, f) in enumerate(zip(seed_opts, folders))],
+                                        data, devices, log)
+            if failed:
+                raise RuntimeError(f"{len(failed)} of {seeds} seeds failed ("
+                                   + "; ".join(f"{t}: {e}" for t, e in sorted(failed.items()))
+                                   + f"); the others finished in their folders; --resume continues the failed ones")
+            runs = [done[f"seed{k}"] for k in range(seeds)]
+        else:
+            runs = []
+            for o, folder in zip(seed_opts, folders):
+                log(f"--- seed {o.seed} ---")
+                runs.append(train_one(cfg, data, o, folder, log))
         if any("interrupted_after_epoch" in r for r in runs):
             return runs[-1]
         result = {"schema_version": CONFIG_SCHEMA_VERSION,

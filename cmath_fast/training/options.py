@@ -35,6 +35,7 @@ class TrainOptions:
     group_by_length: bool = False  # batches of dialogues of similar length (less padding)
     cuda_graphs: bool = True  # on CUDA: replay the training step and inference from CUDA graphs
     device_data: str = "auto"  # auto | on | off: the training features held on the device (data.device)
+    devices: Optional[str] = None  # seeds in parallel, one process per device (training.parallel)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns on CUDA
     stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
     overwrite: bool = False  # replace a run already in the output folder (else refused without resume)

@@ -22,7 +22,7 @@ _HELD: Dict[str, int] = {}  # lock paths this process holds -> nesting depth
 # Options that may change on resume: they do not change what the run computes (the backend and its
 # fused components change its speed and, in training, its random stream: a resume says so).
 RESUME_FREE_OPTIONS = {"epochs", "device", "backend", "fused", "resume", "override", "progress", "precision",
-                       "cuda_graphs", "device_data", "deterministic", "overwrite", "data_fingerprint",
+                       "cuda_graphs", "device_data", "devices", "deterministic", "overwrite", "data_fingerprint",
                        "stop_after_epoch", "protocol_overrides"}
 
 
@@ -142,7 +142,7 @@ def resume_differences(stored_cfg: dict, stored_opts: dict, cfg: CMATHConfig, op
 
 
 RUN_FILES = ("metrics.json", "config.json", "history.csv", "best.safetensors", "last.safetensors", "curves.png",
-             "confusion.png", "resume-overrides.json")
+             "confusion.png", "resume-overrides.json", "sweep.csv", "sweep.md")
 
 
 def remove_run_files(out_dir: str) -> List[str]:
@@ -169,6 +169,8 @@ def existing_run(out_dir: str) -> Optional[str]:
         folder = os.path.join(out_dir, sub)
         if os.path.isfile(os.path.join(folder, "metrics.json")):
             return "a finished run (metrics.json)"
+        if os.path.isfile(os.path.join(folder, "sweep.csv")):
+            return "a sweep (sweep.csv)"
         if os.path.isfile(os.path.join(folder, "last.safetensors")):
             return "an unfinished run (last.safetensors)"
     return None
