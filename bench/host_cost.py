@@ -3,9 +3,10 @@
 1. Around one graphed training step at the iemocap preset's R1 batch (16 dialogues, 780
    utterances, padded to 16 x 112): the main thread's critical path — drawing the batch, padding
    it to its bucket and building its packed layout, issuing the copies into the graph's static
-   inputs, the bookkeeping — with the replay itself stubbed. Two input paths: the features held on
-   the device (``data.device``: a step copies its indices) and host-collated batches (a step copies
-   the padded features). Without a GPU the copies are host memcpys, not asynchronous transfers
+   inputs, the bookkeeping — with the replay itself stubbed. Three input paths: the features held on
+   the device (``data.device``: a step copies its indices), each batch's valid rows staged in a
+   reused buffer (the fallback for a split too large for the device: a step copies those rows), and
+   host-collated batches (the path before both: a step copies the padded features). Without a GPU the copies are host memcpys, not asynchronous transfers
    (pinning needs CUDA), so the host-batch path's copy time here is an upper bound of what issuing
    it costs; the index path's copies are a few kilobytes either way.
 2. One eager fused training step (the tiny preset, every Triton launch stubbed): host time per
@@ -74,23 +75,27 @@ def graphed_step_critical_path(n=200):
     """{path: {stage: microseconds}} around one graphed step, replay stubbed (see the module)."""
     from cmath_fast import CMATH, CMATHConfig
     from cmath_fast.data.dataset import collate
-    from cmath_fast.data.device import DeviceDialogues
+    from cmath_fast.data.device import DeviceDialogues, StagedDialogues
     from cmath_fast.graphs import GraphedTrainer, _Captured, _key
     from cmath_fast.training.loop import EpochTerms
     dialogues = _r1_dialogues()
     model = CMATH(CMATHConfig.tiny(), backend="triton")
     chunk = list(range(len(dialogues)))
     out = {}
-    for path in ("features on the device", "host-collated batches"):
+    for path in ("features on the device", "valid rows staged (--device-data off)", "host-collated batches (before)"):
         store = DeviceDialogues(dialogues, "cpu") if path.startswith("features") else None
+        staged = StagedDialogues(dialogues) if path.startswith("valid") else None
         runner = GraphedTrainer(model, torch.optim.Adam(model.parameters()), batch_size=16, capture=False,
                                 store=store, terms=EpochTerms(1))
         runner.capture = True  # the replay path, with a stub graph in place of a captured one
 
         def draw():
             shape = runner.bucket(len(chunk), max(len(d) for d in dialogues))
-            return store.index_batch(chunk, shape) if store is not None else \
-                collate([dialogues[i] for i in chunk], shape)
+            if store is not None:
+                return store.index_batch(chunk, shape)
+            if staged is not None:
+                return staged.staged_batch(chunk, shape)
+            return collate([dialogues[i] for i in chunk], shape)
         first = runner._padded(draw())
         runner.graphs[_key(first)] = _Captured(_StubGraph(), first.to("cpu"), (torch.zeros(()), {}))
         stages = {"draw the batch": _time(draw, n), "pad and pack its layout": _time(lambda: runner._padded(draw()), n)}
@@ -100,7 +105,7 @@ def graphed_step_critical_path(n=200):
         stages["copies into the static inputs"] = stages["the whole step (draw, layout, copies, replay stubbed)"] \
             - stages["pad and pack its layout"]
         moved = sum(t.numel() * t.element_size() for t in
-                    (batch.tensors() if store is not None else
+                    (batch.tensors() if store is not None or staged is not None else
                      (batch.text, batch.audio, batch.visual, batch.speakers, batch.lengths, batch.labels)))
         stages["bytes copied per step"] = moved
         out[path] = stages

@@ -28,6 +28,7 @@ same buckets and the step runs eagerly on them, so the bucketing logic is tested
 
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -98,18 +99,29 @@ class _Captured:
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
 
 
-def _copy_into(static, batch) -> None:
+def _copy_into(static, batch, stream=None) -> None:
     """A host batch into the static device buffers (non-blocking from pinned memory): the padded
     features, speakers, lengths and labels, or (an ``IndexBatch``) only the utterance indices and
-    lengths; and the packed layout."""
-    for dst, src in zip(_tensors(static), _tensors(batch)):
-        dst.copy_(src, non_blocking=True)
-    if static.rows is not None:
-        static.rows.copy_(batch.rows)
+    lengths (a ``StagedBatch``: and its valid rows); and the packed layout. ``stream``: issued on
+    that side stream, after the work already queued on the current one (the last replay, which
+    reads these buffers) and before the work queued next (the replay that reads them now)."""
+    current = torch.cuda.current_stream() if stream is not None else None
+    if stream is not None:
+        stream.wait_stream(current)
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        for dst, src in zip(_tensors(static), _tensors(batch)):
+            dst.copy_(src, non_blocking=True)
+        if static.rows is not None:
+            static.rows.copy_(batch.rows)
+        if isinstance(batch, IndexBatch) and hasattr(batch, "copied"):
+            batch.copied(stream)  # its staging slot may be refilled once these copies have run
+    if stream is not None:
+        current.wait_stream(stream)
 
 
 def _key(batch) -> Tuple[int, ...]:
-    return tuple(batch.shape) + ((batch.rows.n_rows,) if batch.rows is not None else ())
+    extra = batch.key() if isinstance(batch, IndexBatch) else ()
+    return tuple(batch.shape) + ((batch.rows.n_rows,) if batch.rows is not None else ()) + extra
 
 
 def _tensors(b):
@@ -194,6 +206,7 @@ class GraphedTrainer(_Bucketed):
         self.beta = torch.zeros((), device=self.device, dtype=torch.float32)
         self._beta_value = None
         self.store, self.terms = store, terms
+        self._copy_stream = None  # staged rows are copied on a side stream (data.device.StagedBatch)
 
     def _run(self, b):
         if isinstance(b, IndexBatch):
@@ -218,7 +231,10 @@ class GraphedTrainer(_Bucketed):
         if entry is None:
             entry = self._capture(_key(batch), batch.to(self.device, dtype), self._run, self.warmup)
         else:
-            _copy_into(entry.inputs, batch)
+            staged = isinstance(batch, IndexBatch) and batch.own_rows() is not None and self.device.type == "cuda"
+            if staged and self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)
+            _copy_into(entry.inputs, batch, self._copy_stream if staged else None)
         entry.graph.replay()
         return entry.outputs
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 # The attention kernels read the row starts of up to this many stacked copies of the batch (the
@@ -119,7 +120,8 @@ def pack_rows(lengths: torch.Tensor, max_len: int, rows: Optional[int] = None) -
         extra -= give
     starts = torch.zeros(B + 1, dtype=torch.int64)
     starts[1:] = torch.cumsum(ext, 0)
-    dialogue = torch.repeat_interleave(torch.arange(B), ext)
+    # numpy's repeat: torch's CPU repeat_interleave costs milliseconds when other threads are busy
+    dialogue = torch.from_numpy(np.repeat(np.arange(B, dtype=np.int64), ext.numpy()))
     pos = torch.arange(n) - starts[:-1][dialogue]
     index = dialogue * max_len + pos
     lens = lens_host[dialogue]

@@ -9,7 +9,7 @@ import torch
 from cmath_fast import CMATH
 from cmath_fast.data import make_synthetic
 from cmath_fast.data.dataset import iterate_batches
-from cmath_fast.data.device import DeviceDialogues, IndexBatch, keep_on_device
+from cmath_fast.data.device import DeviceDialogues, IndexBatch, StagedBatch, StagedDialogues, keep_on_device
 from cmath_fast.graphs import GraphedTrainer, bucket_length, bucket_shape
 from cmath_fast.training.loop import EpochTerms
 
@@ -120,19 +120,21 @@ def test_epoch_terms_snapshot_restore_and_reset_keep_their_buffers():
 
 @pytest.mark.cuda
 def test_captured_steps_on_gathered_batches_equal_host_batches():
-    """On a GPU: graphed steps fed indices (the gather and the loss bookkeeping inside the graph)
-    take the same steps as graphed steps fed host batches, and replays never synchronise."""
+    """On a GPU: graphed steps fed indices (the gather and the loss bookkeeping inside the graph),
+    or staged valid rows (copied on a side stream), take the same steps as graphed steps fed host
+    batches, and replays never synchronise."""
     cfg = _config()
     dialogues = _dialogues(12)
     runs = []
-    for use_store in (False, True):
+    for path in ("host", "store", "staged"):
         torch.manual_seed(0)
         model = CMATH(cfg, backend="triton").cuda()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True, capturable=True)
-        store = DeviceDialogues(dialogues, "cuda") if use_store else None
+        store = DeviceDialogues(dialogues, "cuda") if path == "store" else None
         terms = EpochTerms(every=1)
         runner = GraphedTrainer(model, opt, batch_size=4, store=store, terms=terms)
-        draw = store.batches if use_store else (lambda *a, **k: iterate_batches(dialogues, *a, **k))
+        draw = store.batches if path == "store" else StagedDialogues(dialogues, pin=True).batches \
+            if path == "staged" else (lambda *a, **k: iterate_batches(dialogues, *a, **k))
         losses = []
         shape = (4, bucket_length(max(len(d) for d in dialogues)))  # one bucket: one capture, then replays
         for i, b in enumerate(draw(4, generator=torch.Generator().manual_seed(1), pin=True,
@@ -145,6 +147,57 @@ def test_captured_steps_on_gathered_batches_equal_host_batches():
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         runs.append(([float(x) for x in losses], [p.detach().clone() for p in model.parameters()], terms.means()))
+    for other in runs[1:]:
+        assert runs[0][0] == other[0]
+        assert all(torch.equal(a, b) for a, b in zip(runs[0][1], other[1]))
+        assert runs[0][2] == other[2]
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_staged_batches_equal_collated_ones_and_copy_only_valid_rows(group):
+    """The fallback for a split too large for the device: each batch's valid rows staged (two
+    reused slots), the same padded batches in the same order, and far fewer bytes to copy."""
+    dialogues = _dialogues()
+    staged = StagedDialogues(dialogues)
+    bucket = lambda n, longest: bucket_shape(n, longest, 4)  # noqa: E731
+    kw = dict(shuffle=True, bucket=bucket, group_by_length=group)
+    host = list(iterate_batches(dialogues, 4, generator=torch.Generator().manual_seed(3), **kw))
+    slots = set()
+    for h, s in zip(host, staged.batches(4, generator=torch.Generator().manual_seed(3), **kw)):
+        assert isinstance(s, StagedBatch) and s.shape == h.shape
+        _same(s.gather(None), h)  # gathered before the slot is reused two batches later
+        slots.add(id(s.slot))
+        valid = int(h.lengths.sum())
+        assert valid < s.rows_store.speakers.shape[0] <= h.lengths.shape[0] * h.shape[1] + 1
+        hp, sp = h.padded(h.shape[0] + 1, h.shape[1] + 8).with_rows(), s.padded(h.shape[0] + 1, h.shape[1] + 8).with_rows()
+        _same(sp.gather(None), hp)
+        assert sp.key() == s.key() and all(torch.equal(x, y) for x, y in zip(sp.rows.tensors(), hp.rows.tensors()))
+    assert len(slots) == 2
+
+
+def test_graphed_trainer_on_staged_batches_equals_the_host_path():
+    cfg = _config()
+    dialogues = _dialogues(12)
+    runs = []
+    for staged in (False, True):
+        torch.manual_seed(0)
+        model = CMATH(cfg, backend="torch")
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        runner = GraphedTrainer(model, opt, batch_size=4, capture=False)
+        draw = StagedDialogues(dialogues).batches if staged else (lambda *a, **k: iterate_batches(dialogues, *a, **k))
+        losses = [float(runner.step(b, epoch=3)[0]) for b in draw(4, shuffle=True, generator=torch.Generator().manual_seed(1),
+                                                                  bucket=runner.bucket)]
+        runs.append((losses, [p.detach().clone() for p in model.parameters()]))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
-    assert runs[0][2] == runs[1][2]
+
+
+def test_training_with_features_on_the_device_or_staged_is_the_same(tmp_path):
+    from cmath_fast.cli import main
+    for setting in ("on", "off"):
+        assert main(["train", "--epochs", "2", "--no-progress", "--device-data", setting,
+                     "--out", str(tmp_path / setting)]) == 0
+    a = open(tmp_path / "on" / "history.csv").read().splitlines()
+    b = open(tmp_path / "off" / "history.csv").read().splitlines()
+    strip = lambda rows: [",".join(r.split(",")[:-2]) for r in rows]  # noqa: E731 (the times differ)
+    assert strip(a) == strip(b)

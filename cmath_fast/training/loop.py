@@ -8,7 +8,6 @@ present, ``curves.png`` and ``confusion.png``. Every file is written atomically.
 from __future__ import annotations
 
 import contextlib
-import functools
 import csv
 import io
 import json
@@ -23,8 +22,8 @@ import numpy as np
 import torch
 
 from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
-from ..data.dataset import MERData, data_fingerprint, feature_stats, iterate_batches, num_batches
-from ..data.device import DeviceDialogues, keep_on_device
+from ..data.dataset import MERData, data_fingerprint, feature_stats, num_batches
+from ..data.device import DeviceDialogues, StagedDialogues, keep_on_device
 from ..graphs import GraphedPredictor, GraphedTrainer, capture_blockers
 from ..io import atomic_write_text, output_folder
 from ..model import CMATH
@@ -245,8 +244,11 @@ def _train_one(cfg, data, opts, out_dir, log):
     on_device, why = keep_on_device(train_d, opts.device, weight_dtype(precision), opts.device_data)
     if on_device:  # a step then copies its utterance indices, not its features
         store = DeviceDialogues(train_d, opts.device, weight_dtype(precision))
+        draw_from = store.batches
+    else:  # each step's valid rows staged in a reused pinned buffer and copied
+        draw_from = StagedDialogues(train_d, weight_dtype(precision), pin=pin).batches
     if pin:
-        log(f"training features {'on the device' if store is not None else 'copied per step'} ({why})")
+        log(f"training features {'on the device' if store is not None else 'staged and copied per step'} ({why})")
     terms_sum = EpochTerms(every)  # one for the run: the graphs accumulate into its buffers
     if opts.cuda_graphs and pin:
         # one predictor for the run: evaluation captures its graphs once, not every epoch
@@ -264,8 +266,7 @@ def _train_one(cfg, data, opts, out_dir, log):
         n_skipped = 0
         terms_sum.reset()
         bar = _progress(n_steps, f"epoch {epoch}", progress)
-        draw = store.batches if store is not None else functools.partial(iterate_batches, train_d)
-        for step, batch in enumerate(draw(opts.batch_size, shuffle=True, generator=shuffle_gen, pin=pin,
+        for step, batch in enumerate(draw_from(opts.batch_size, shuffle=True, generator=shuffle_gen, pin=pin,
                                           bucket=graphed.bucket if graphed else None,
                                           group_by_length=opts.group_by_length)):
             with explain_oom(batch, opts.device):
@@ -274,8 +275,7 @@ def _train_one(cfg, data, opts, out_dir, log):
                 else:
                     # the packed layout built from the host's lengths: no read-back from the device
                     b = (batch.with_rows() if model.packs() else batch).to(opts.device, weight_dtype(precision))
-                    if store is not None:
-                        b = b.gather(store)
+                    b = b.gather(store)  # from the device store, or the batch's own staged rows
                     total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
                                               skip_nonfinite=skip, precision=precision, scaler=scaler,
                                               rows=b.rows)
@@ -418,7 +418,7 @@ def _train_locked(cfg, data, opts, out_dir, seeds, log) -> dict:
             if failed:
                 raise RuntimeError(f"{len(failed)} of {seeds} seeds failed ("
                                    + "; ".join(f"{t}: {e}" for t, e in sorted(failed.items()))
-                                   + f"); the others finished in their folders; --resume continues the failed ones")
+                                   + "); the others finished in their folders; --resume continues the failed ones")
             runs = [done[f"seed{k}"] for k in range(seeds)]
         else:
             runs = []
