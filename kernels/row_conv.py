@@ -209,8 +209,7 @@ def _row_conv_bwd_dx_kernel(
     g = tl.program_id(2)
     W = _pick(g, W0, W1, W2, G)
     C_in = _pick(g, CI0, CI1, CI2, G)
-    C_out = _pick(g, CO0, CO1, CO2, G)
-    WS = _pick(g, WS0, WS1, WS2, G)
+    WS = _pick(g, WS0, WS1, WS2, G)  # the reduction runs over the padded output channels (zero weights past CO_g)
     C_w = C_in + C_B
     offs_m, offs_n, offs_k, pos, ln, row_ok, col_ok = _output_tile(POS, LEN, N, C_w, BLOCK_M, BLOCK_N, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

@@ -16,12 +16,10 @@ def cmd_features(args) -> int:
         frames=args.frames, dataset=args.dataset,
         classes=args.classes.split(",") if args.classes else None, num_speakers=args.num_speakers,
         device=args.device, batch_size=args.batch_size, cache=args.cache)
-    progress = None
-    if not args.no_progress and sys.stderr.isatty():
+    def bars(desc, total):
         from tqdm import tqdm
-
-        def progress(desc, total):
-            return tqdm(total=total, desc=desc, unit="utt", dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit="utt", dynamic_ncols=True)
+    progress = bars if not args.no_progress and sys.stderr.isatty() else None
     data = extract(args.manifest, args.out, opts, progress=progress)
     n = sum(len(d) for d in data.dialogues.values())
     print(f"wrote {args.out}: {len(data.dialogues)} dialogues, {n} utterances, dims "

@@ -49,6 +49,20 @@ def _model_ref(model: str) -> str:
     return os.path.abspath(model) if os.path.isdir(model) else model
 
 
+def _load(what: str, processor: str, model: str, flag: str, device: Optional[str]):
+    """(processor, model in eval mode on the device, device) of a transformers encoder: its
+    ``processor`` class (AutoFeatureExtractor, AutoImageProcessor) and AutoModel; a model that
+    cannot be loaded is an ExtractorError naming ``flag``."""
+    transformers = _transformers(what)
+    dev = _torch_device(device)
+    try:
+        proc = getattr(transformers, processor).from_pretrained(model)
+        net = transformers.AutoModel.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise ExtractorError(f"{flag} {model!r}: cannot load it ({str(exc).splitlines()[0]})") from None
+    return proc, net.to(dev).eval(), dev
+
+
 def _torch_device(device: Optional[str]):
     import torch
     if device in (None, "auto"):
@@ -195,15 +209,9 @@ class SpeechEncoder:
     span, the audio resampled to the encoder's sampling rate."""
 
     def __init__(self, model: str, device: Optional[str] = None):
-        transformers = _transformers("the speech encoder")
         import torch
-        self.device = _torch_device(device)
-        try:
-            self.processor = transformers.AutoFeatureExtractor.from_pretrained(model)
-            self.model = transformers.AutoModel.from_pretrained(model)
-        except (OSError, ValueError) as exc:
-            raise ExtractorError(f"--audio-model {model!r}: cannot load it ({str(exc).splitlines()[0]})") from None
-        self.model.to(self.device).eval()
+        self.processor, self.model, self.device = _load("the speech encoder", "AutoFeatureExtractor", model,
+                                                        "--audio-model", device)
         self.name, self.rate = _model_ref(model), int(self.processor.sampling_rate)
         self.dim = int(self.model.config.hidden_size)
         self._torch = torch
@@ -259,17 +267,11 @@ class ImageEncoder:
     the mean of its last hidden states), mean-pooled over the frames."""
 
     def __init__(self, model: str, frames: int = 8, device: Optional[str] = None):
-        transformers = _transformers("the image encoder")
         import torch
         if frames < 1:
             raise ExtractorError(f"--frames: expected at least 1, got {frames}")
-        self.device = _torch_device(device)
-        try:
-            self.processor = transformers.AutoImageProcessor.from_pretrained(model)
-            self.model = transformers.AutoModel.from_pretrained(model)
-        except (OSError, ValueError) as exc:
-            raise ExtractorError(f"--visual-model {model!r}: cannot load it ({str(exc).splitlines()[0]})") from None
-        self.model.to(self.device).eval()
+        self.processor, self.model, self.device = _load("the image encoder", "AutoImageProcessor", model,
+                                                        "--visual-model", device)
         self.name, self.frames = _model_ref(model), int(frames)
         self.dim = int(getattr(self.model.config, "hidden_size", 0) or self.model.config.hidden_sizes[-1])
         self._torch = torch

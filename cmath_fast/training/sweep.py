@@ -9,7 +9,7 @@ import io
 import itertools
 import json
 import os
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np

@@ -2,13 +2,11 @@
 encoder built from configs with random weights and saved to a folder (used by path, as a hub name
 would be), WAV files written with soundfile, a short video written with PyAV."""
 
-import os
-
 import numpy as np
 import pytest
 
 for _module in ("transformers", "opensmile", "soundfile", "av"):
-    pytest.importorskip(_module, reason=f"the features extra is not installed (pip install 'cmath-fast[features]')")
+    pytest.importorskip(_module, reason="the features extra is not installed (pip install 'cmath-fast[features]')")
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz") + \
     ["hello", "world", "i", "am", "happy", "sad", "the", "you", "are", "not", "so", "very", "##s", "##ing"]

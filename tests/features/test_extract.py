@@ -11,7 +11,7 @@ import pytest
 
 from cmath_fast.data import load_features
 from cmath_fast.features.extract import ExtractOptions, build_extractors, extract
-from cmath_fast.features.extractors import OpenSmileFunctionals, TextEncoder
+from cmath_fast.features.extractors import TextEncoder
 from cmath_fast.features.manifest import ManifestError
 
 
