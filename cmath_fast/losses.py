@@ -85,6 +85,19 @@ def classification_terms(cfg: CMATHConfig, out, labels: torch.Tensor,
     return terms
 
 
+def weighted_ce(cfg: CMATHConfig, out, labels: torch.Tensor, class_weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """CE(coarse) + gamma_fine sum_c CE(fine_c) of a forward output (padded layout), as in the
+    total: the part of the loss normalised by the sum of the class weights (data-parallel training
+    rescales it apart from the rest: ``cmath_fast.distributed.loss_scales``)."""
+    mask = out.mask
+    m = mask.to(torch.float32)
+    y = torch.where(mask, labels, 0).long()
+    w = class_weights[y] * m if class_weights is not None else m
+    w_sum = w.sum().clamp_min(1e-12)
+    ce, fine_ce, _ = classification_rows_ref(out.logits, stack_values(out.fine_logits), y, cfg.tau, cfg.detach_teacher)
+    return ((ce * w).sum() + cfg.gamma_fine * (fine_ce * w).sum()) / w_sum
+
+
 def cmath_loss(cfg: CMATHConfig, out, labels: torch.Tensor, class_weights: Optional[torch.Tensor],
                epoch: Optional[int] = None, beta: Optional[torch.Tensor] = None):
     """(total loss, dict of every term detached, with ``beta`` and ``total``). ``beta``: the KL

@@ -59,7 +59,8 @@ def make_grad_scaler(precision: str, device_type: str):
 
 def train_step(model, opt: torch.optim.Optimizer, inputs, labels: torch.Tensor, epoch: Optional[int],
                max_grad_norm: float = 0.0, skip_nonfinite: bool = False, precision: str = "fp32",
-               scaler=None, beta: Optional[torch.Tensor] = None, autocast_cache: bool = True, rows=None):
+               scaler=None, beta: Optional[torch.Tensor] = None, autocast_cache: bool = True, rows=None,
+               loss_scale=None):
     """forward, loss, backward, (clip the gradient norm when ``max_grad_norm``), optimiser step,
     with NVTX ranges. ``inputs``: (text, audio, visual, speakers, lengths), features already in
     ``weight_dtype(precision)``. Returns (total loss, dict of loss terms), both detached tensors on
@@ -67,10 +68,21 @@ def train_step(model, opt: torch.optim.Optimizer, inputs, labels: torch.Tensor, 
     the weights and the optimiser untouched (this reads the loss on the host: one sync).
     ``scaler``: the gradient scaler of fp16-mixed. ``beta``: the KL weight as a device tensor
     (what a captured step reads; see ``cmath_fast.graphs``), else the schedule's at ``epoch``.
-    ``rows``: the batch's packed layout (``Batch.with_rows``), for a model that packs rows."""
+    ``rows``: the batch's packed layout (``Batch.with_rows``), for a model that packs rows.
+    ``model`` may be wrapped in DistributedDataParallel; ``loss_scale`` (s_w, s_n): the factors of
+    ``distributed.loss_scales`` on the class-weighted cross-entropies and on the other terms (the
+    returned total is the scaled one, the terms are the rank's own)."""
+    from .distributed import unwrap
+    core = unwrap(model)
     with autocast_context(precision, inputs[0].device.type, autocast_cache):
         out = model(*inputs) if rows is None else model(*inputs, rows=rows)
-        total, terms = model.loss(out, labels, epoch=epoch, **({} if beta is None else {"beta": beta}))
+        total, terms = core.loss(out, labels, epoch=epoch, **({} if beta is None else {"beta": beta}))
+        if loss_scale is not None:
+            s_w, s_n = loss_scale
+            total = total * s_n
+            if s_w != s_n:  # the class-weighted part to its own global denominator
+                from .losses import weighted_ce
+                total = total + (s_w - s_n) * weighted_ce(core.cfg, out, labels, core.class_weights)
     opt.zero_grad(set_to_none=True)
     with nvtx_range("backward", "bwd"):
         (scaler.scale(total) if scaler is not None else total).backward()

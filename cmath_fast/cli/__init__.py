@@ -50,6 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     file, bad setting), 1 for a run that failed (a non-finite loss, out of memory), 130 on Ctrl-C.
     ``--debug`` or CMATH_FAST_DEBUG=1 shows the traceback instead."""
     args = build_parser().parse_args(argv)
+    args._argv = list(argv) if argv is not None else sys.argv[1:]  # what --ddp hands to torchrun
     debug = args.debug or os.environ.get("CMATH_FAST_DEBUG", "0") == "1"
     with warnings.catch_warnings():
         if not debug:  # a warning is one line too

@@ -91,9 +91,38 @@ def _run_setup(args):
     return data, cfg, opts, notes
 
 
+def _launch_ddp(args) -> int:
+    """``train --ddp K``: the same command under torchrun with K processes (one per GPU of the
+    machine, or K CPU processes with gloo)."""
+    import subprocess
+    if args.ddp < 2:
+        raise CLIError(f"--ddp: expected at least 2 processes, got {args.ddp}")
+    if args.seeds > 1 or args.devices:
+        raise CLIError("--ddp trains one run data-parallel: give --seeds 1 and no --devices")
+    argv = list(args._argv)
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--ddp":
+            skip = True
+            continue
+        if a.startswith("--ddp="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ddp}",
+           "-m", "cmath_fast.cli", *rest]
+    print(f"launching: torchrun --standalone --nproc-per-node={args.ddp} -m cmath_fast.cli {' '.join(rest)}",
+          flush=True)
+    return subprocess.call(cmd)
+
+
 def cmd_train(args) -> int:
     import os
     from ..training import protocol_label, train
+    if getattr(args, "ddp", None):
+        return _launch_ddp(args)
     data, cfg, opts, notes = _run_setup(args)
     label = protocol_label(opts)
     print(f"data: {data.layout} ({data.dataset}); " + "; ".join(data.summary()[1:3]))
@@ -321,6 +350,9 @@ def _add_train_arguments(s) -> None:
     s.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (torch.use_deterministic_algorithms): a rerun with "
                         "the same seed is bit-identical on CUDA too, a little slower")
+    s.add_argument("--ddp", type=int, default=None, metavar="K",
+                   help="train this one run data-parallel on K processes (torchrun with DistributedDataParallel: "
+                        "K GPUs with NCCL, or K CPU processes with gloo); --batch-size is the global batch")
     s.add_argument("--devices", default=None,
                    help="run the seeds (and a sweep's cells) in parallel, one process per device: auto (every "
                         "visible GPU), 0,1,... (those GPUs) or cpu:N (N CPU processes, each with its share of "

@@ -110,8 +110,10 @@ class MERData:
         if not self.splits.get("train"):
             raise DataError("the data has no train split (or an empty one): it can be evaluated or "
                             f"predicted, not trained on; its splits are {sorted(self.splits)}")
-        if not any((self.dialogues[i].labels >= 0).any() for i in self.splits["train"]):
-            raise DataError("the train split has no labelled utterance: it can be predicted, not trained on")
+        unlabelled = sum(int((self.dialogues[i].labels < 0).sum()) for i in self.splits["train"])
+        if unlabelled:
+            raise DataError(f"the train split has {unlabelled} unlabelled utterance(s) (label -1): label them, or "
+                            f"put their dialogues in the test split (predicted, not scored)")
 
     def feature_stats(self, split: str = "train") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Per-feature mean and std over the utterances of ``split`` (for the standardisation)."""

@@ -43,6 +43,9 @@ def unflatten_optimizer(tensors: Dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_model(path: str, model: CMATH, meta: dict, extra: Optional[Dict[str, torch.Tensor]] = None):
+    """The model's weights (a DistributedDataParallel wrapper's inner model) and its config."""
+    from ..distributed import unwrap
+    model = unwrap(model)
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update(extra or {})
     meta = dict(meta, config=model.cfg.to_dict(), format=CHECKPOINT_FORMAT,
@@ -103,7 +106,11 @@ def load_model(path: str, device: str = "cpu", backend: str = "auto", fused=None
 
 def load_weights(model: CMATH, tensors: Dict[str, torch.Tensor], path: str) -> None:
     """The ``model/`` tensors of a checkpoint into ``model``; a mismatch is one line naming it."""
+    from ..distributed import unwrap
+    model = unwrap(model)
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    if state and all(k.startswith("module.") for k in state):  # a DistributedDataParallel's state_dict
+        state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

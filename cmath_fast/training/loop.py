@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -23,14 +24,16 @@ import torch
 
 from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
 from ..data.dataset import MERData, data_fingerprint, feature_stats, num_batches
+from ..data.dataset import batch_indices
 from ..data.device import DeviceDialogues, StagedDialogues, keep_on_device
+from ..distributed import from_env, loss_scales, share, unwrap
 from ..graphs import GraphedPredictor, GraphedTrainer, capture_blockers
 from ..io import atomic_write_text, output_folder
 from ..model import CMATH
 from ..step import make_grad_scaler, train_step, weight_dtype
 from .checkpoints import flatten_optimizer, load_weights, read_checkpoint, save_model, unflatten_optimizer
 from .errors import NonFiniteLossError, explain_oom
-from .evaluation import confusion_matrix_of, evaluate_model, public
+from .evaluation import confusion_matrix_of, evaluate_model, metrics_from, predict_dialogues, public
 from .options import SELECTION_TEXT, TrainOptions
 from .plots import write_plots
 from .protocol import protocol_label
@@ -166,6 +169,55 @@ def make_optimizer(model: CMATH, opts: TrainOptions) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), **kwargs)
 
 
+def _rank_batches(dialogues, one_batch, ctx, class_weights, batch_size, *, shuffle, generator, pin, bucket,
+                  group_by_length):
+    """Data-parallel batches: the global batches every rank draws alike (the same seeded order),
+    this rank's share of each (``distributed.share``) with the factors that rescale its loss to the
+    global batch's denominators: (batch, (s_w, s_n)) each."""
+    for chunk in batch_indices([len(d) for d in dialogues], batch_size, shuffle=shuffle, generator=generator,
+                               group_by_length=group_by_length):
+        mine, empty = share(chunk, ctx.rank, ctx.world)
+        batch = one_batch(mine)
+        yield (batch.pin_memory() if pin else batch), loss_scales(dialogues, chunk, mine, empty, ctx.world,
+                                                                  class_weights)
+
+
+# Which denominator each loss term has: the class weights' sum (the cross-entropies) or the count of
+# valid utterances (the rest).
+_WEIGHTED_TERMS = ("ce", "fine_ce")
+
+
+def _global_share(terms, total, scale, world):
+    """This rank's share of the global batch's loss terms (their sum over the ranks is the global
+    value): each term times its factor / world; the total, scaled already, / world."""
+    s_w, s_n = scale
+    out = {k: (v * ((s_w if k in _WEIGHTED_TERMS else s_n) / world) if k not in ("beta", "total") else v)
+           for k, v in terms.items()}
+    out["total"] = total / world
+    return out
+
+
+def evaluate_shared(ctx, model, dialogues, batch_size, device, class_names, precision="fp32", predictor=None,
+                    cuda_graphs=True) -> dict:
+    """``evaluate_model`` over the ranks: each predicts its share of the dialogues, the confusion
+    matrix is summed over the ranks, and the metrics are computed from it (exactly a single
+    process's)."""
+    k = len(class_names)
+    mine = list(dialogues)[ctx.rank::ctx.world]
+    conf = torch.zeros((k, k), dtype=torch.float64)
+    for d, probs in predict_dialogues(model, mine, batch_size, device, precision, predictor, cuda_graphs):
+        y = np.asarray(d.labels)
+        keep = y >= 0
+        np.add.at(conf.numpy(), (y[keep], probs.argmax(-1)[keep]), 1)
+    conf = ctx.all_reduce_(conf.to(ctx.device)).cpu()  # gloo sums CPU tensors, NCCL device ones
+    counts = conf.round().long().numpy()
+    y_true = np.repeat(np.repeat(np.arange(k), k), counts.reshape(-1))
+    y_pred = np.repeat(np.tile(np.arange(k), k), counts.reshape(-1))
+    result = metrics_from(y_true, y_pred, class_names)
+    result["_y_true"], result["_y_pred"] = y_true, y_pred
+    return result
+
+
 def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
               log=print) -> dict:
     """Train one seed into ``out_dir`` (holding the folder's run lock); returns the metrics of the
@@ -175,9 +227,12 @@ def train_one(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str,
         return _train_one(cfg, data, opts, out_dir, log)
 
 
-def _train_one(cfg, data, opts, out_dir, log):
+def _train_one(cfg, data, opts, out_dir, log, ctx=None):
+    """One run; ``ctx`` (``distributed.DistContext``): this process is one rank of a data-parallel
+    run — it trains on its share of every batch, and only rank 0 writes."""
     data.check_trainable()
-    stale = clean_stale_temps(out_dir)
+    main = ctx is None or ctx.is_main
+    stale = clean_stale_temps(out_dir) if main else []
     if stale:
         log(f"removed {len(stale)} temporary file(s) left by an interrupted write in {out_dir}")
     train_ids, select_ids, test_ids = selection_split(data, opts.select_on, opts.seed, opts.valid_fraction)
@@ -197,7 +252,7 @@ def _train_one(cfg, data, opts, out_dir, log):
                 raise ResumeMismatchError(
                     f"--resume: the run in {out_dir} was made with other settings: " + "; ".join(diffs)
                     + " (give the same settings, or --override to continue with the new ones)")
-            if diffs:
+            if diffs and main:
                 record_override(out_dir, diffs)
                 log("--resume --override: continuing with " + "; ".join(diffs))
             before = {k: meta.get("options", {}).get(k, "auto" if k == "backend" else "all")
@@ -234,7 +289,15 @@ def _train_one(cfg, data, opts, out_dir, log):
             torch.cuda.set_rng_state(tensors["rng/cuda"])
         history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
         log(f"resumed from {last_path} after epoch {meta['epoch']}")
-    atomic_write_text(os.path.join(out_dir, "config.json"), run_config(cfg, opts).to_json())
+    if main:
+        atomic_write_text(os.path.join(out_dir, "config.json"), run_config(cfg, opts).to_json())
+    if ctx is not None:
+        # the same weights everywhere (DDP broadcasts rank 0's), dropout drawn per rank
+        from torch.nn.parallel import DistributedDataParallel
+        torch.manual_seed(opts.seed * 7919 + 104729 * start_epoch + ctx.rank)
+        core = model
+        model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device != "cpu" else None)
+        class_w = list(core.cfg.class_weights) if core.cfg.class_weights is not None else None
 
     progress = opts.progress and sys.stderr.isatty()  # a bar in a file or pipe is one endless line
     skip = opts.on_nonfinite == "skip"
@@ -245,12 +308,21 @@ def _train_one(cfg, data, opts, out_dir, log):
     if on_device:  # a step then copies its utterance indices, not its features
         store = DeviceDialogues(train_d, opts.device, weight_dtype(precision))
         draw_from = store.batches
+        one_batch = store.index_batch
     else:  # each step's valid rows staged in a reused pinned buffer and copied
-        draw_from = StagedDialogues(train_d, weight_dtype(precision), pin=pin).batches
+        staged = StagedDialogues(train_d, weight_dtype(precision), pin=pin)
+        draw_from = staged.batches
+        one_batch = staged.staged_batch
+    if ctx is not None:  # every rank draws the same global batches and takes its share of each
+        draw_from = functools.partial(_rank_batches, train_d, one_batch, ctx, class_w)
     if pin:
         log(f"training features {'on the device' if store is not None else 'staged and copied per step'} ({why})")
     terms_sum = EpochTerms(every)  # one for the run: the graphs accumulate into its buffers
-    if opts.cuda_graphs and pin:
+    if opts.cuda_graphs and pin and ctx is not None:
+        log("CUDA graphs off for the training step under DistributedDataParallel: its gradient all-reduce "
+            "is not captured here; evaluation keeps them")
+        predictor = GraphedPredictor(core, batch_size=opts.batch_size, precision=precision)
+    elif opts.cuda_graphs and pin:
         # one predictor for the run: evaluation captures its graphs once, not every epoch
         predictor = GraphedPredictor(model, batch_size=opts.batch_size, precision=precision)
         blockers = capture_blockers(opts.device, precision, skip, opt)
@@ -266,19 +338,22 @@ def _train_one(cfg, data, opts, out_dir, log):
         n_skipped = 0
         terms_sum.reset()
         bar = _progress(n_steps, f"epoch {epoch}", progress)
-        for step, batch in enumerate(draw_from(opts.batch_size, shuffle=True, generator=shuffle_gen, pin=pin,
-                                          bucket=graphed.bucket if graphed else None,
-                                          group_by_length=opts.group_by_length)):
+        for step, item in enumerate(draw_from(opts.batch_size, shuffle=True, generator=shuffle_gen, pin=pin,
+                                              bucket=graphed.bucket if graphed else None,
+                                              group_by_length=opts.group_by_length)):
+            batch, scale = item if ctx is not None else (item, None)
             with explain_oom(batch, opts.device):
                 if graphed is not None:
                     total, terms = graphed.step(batch, epoch)
                 else:
                     # the packed layout built from the host's lengths: no read-back from the device
-                    b = (batch.with_rows() if model.packs() else batch).to(opts.device, weight_dtype(precision))
+                    b = (batch.with_rows() if unwrap(model).packs() else batch).to(opts.device, weight_dtype(precision))
                     b = b.gather(store)  # from the device store, or the batch's own staged rows
                     total, terms = train_step(model, opt, b.inputs(), b.labels, epoch, opts.max_grad_norm,
                                               skip_nonfinite=skip, precision=precision, scaler=scaler,
-                                              rows=b.rows)
+                                              rows=b.rows, loss_scale=scale)
+                    if ctx is not None:  # this rank's share of the batch's global terms (summed over ranks)
+                        terms = _global_share(terms, total, scale, ctx.world)
             # skip mode read the loss on the host in train_step already
             if skip and not bool(torch.isfinite(total)):
                 n_skipped += 1
@@ -300,10 +375,13 @@ def _train_one(cfg, data, opts, out_dir, log):
                         f"wrote nothing for this epoch: {kept}. Lower --lr, or --on-nonfinite skip")
                 bar.set_postfix(loss=f"{terms_sum.means()['total']:.3f}")
         bar.close()
-        sel = evaluate_model(model, select_d, opts.batch_size, opts.device, names, precision, predictor,
-                             opts.cuda_graphs)
-        tst = evaluate_model(model, test_d, opts.batch_size, opts.device, names, precision, predictor,
-                             opts.cuda_graphs) if test_d else sel
+        evaluate = evaluate_model if ctx is None else functools.partial(evaluate_shared, ctx)
+        sel = evaluate(unwrap(model), select_d, opts.batch_size, opts.device, names, precision, predictor,
+                       opts.cuda_graphs)
+        tst = evaluate(unwrap(model), test_d, opts.batch_size, opts.device, names, precision, predictor,
+                       opts.cuda_graphs) if test_d else sel
+        if ctx is not None and terms_sum.sums is not None:
+            ctx.all_reduce_(terms_sum.sums)  # the ranks' shares of each step's global terms
         means = terms_sum.means()
         row = {"epoch": epoch, "train_loss": means.get("total", 0.0)}
         row.update({f"train_{k}": v for k, v in means.items() if k != "total"})
@@ -315,19 +393,23 @@ def _train_one(cfg, data, opts, out_dir, log):
         if sel["weighted_f1"] > best["score"]:
             best = {"score": sel["weighted_f1"], "epoch": epoch, "select": public(sel),
                     "test": public(tst), "confusion": confusion_matrix_of(tst, len(names))}
-            save_model(os.path.join(out_dir, "best.safetensors"), model,
-                       {"epoch": epoch, "select_on": opts.select_on, "metrics": public(tst),
-                        "selection": SELECTION_TEXT[opts.select_on], "protocol_label": protocol_label(opts),
-                        "extractors": data.extractors})
+            if main:
+                save_model(os.path.join(out_dir, "best.safetensors"), model,
+                           {"epoch": epoch, "select_on": opts.select_on, "metrics": public(tst),
+                            "selection": SELECTION_TEXT[opts.select_on], "protocol_label": protocol_label(opts),
+                            "extractors": data.extractors})
         extra = {"rng/torch": torch.get_rng_state(), "rng/shuffle": shuffle_gen.get_state()}
         if opts.device.startswith("cuda"):
             extra["rng/cuda"] = torch.cuda.get_rng_state()
         opt_tensors, opt_meta = flatten_optimizer(opt)
         extra.update(opt_tensors)
-        save_model(last_path, model, {"epoch": epoch, "history": history, "best": best,
-                                      "optimizer": opt_meta, "options": asdict(opts),
-                                      "extractors": data.extractors}, extra)
-        _write_history(os.path.join(out_dir, "history.csv"), history)
+        if main:
+            save_model(last_path, model, {"epoch": epoch, "history": history, "best": best,
+                                          "optimizer": opt_meta, "options": asdict(opts),
+                                          "extractors": data.extractors}, extra)
+            _write_history(os.path.join(out_dir, "history.csv"), history)
+        if ctx is not None:
+            ctx.barrier()  # rank 0's files for this epoch are written before any rank goes on
         if opts.stop_after_epoch is not None and epoch >= opts.stop_after_epoch:
             return {"interrupted_after_epoch": epoch}
 
@@ -339,14 +421,17 @@ def _train_one(cfg, data, opts, out_dir, log):
         "select_on": opts.select_on, "selection": SELECTION_TEXT[opts.select_on],
         "protocol": opts.protocol, "protocol_label": protocol_label(opts),
         "epoch": best["epoch"], "seed": opts.seed, "epochs": opts.epochs,
-        "backend": model.backend, "fused": model.fused, "data": opts.data_fingerprint,
+        "backend": unwrap(model).backend, "fused": unwrap(model).fused, "data": opts.data_fingerprint,
         "select_accuracy": best["select"]["accuracy"],
         "select_weighted_f1": best["select"]["weighted_f1"],
         "confusion_matrix": best["confusion"], "class_names": list(names),
         "split": "test" if test_d else "valid",
     })
-    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2))
-    write_plots(out_dir, history, result)
+    if ctx is not None:
+        result["world_size"] = ctx.world
+    if main:
+        atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2))
+        write_plots(out_dir, history, result)
     return result
 
 
@@ -379,6 +464,30 @@ def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, see
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds: expected a positive integer, got {seeds}")
     opts.validate()
+    ctx = from_env(opts.device)
+    if ctx is not None:  # one rank of a data-parallel run (torchrun)
+        if seeds > 1 or opts.devices:
+            raise ValueError("under torchrun a run is one data-parallel run: give --seeds 1 and no --devices")
+        opts = replace(opts, device=ctx.device, world_size=ctx.world)
+        if opts.data_fingerprint is None:
+            opts = replace(opts, data_fingerprint=data_fingerprint(data))
+        if not ctx.is_main:
+            ctx.barrier()  # rank 0 checks the folder and takes its lock first
+            with deterministic(opts.deterministic):
+                return _train_one(cfg, data, opts, out_dir, lambda *a, **k: None, ctx)
+        check_output(out_dir, opts.resume, opts.overwrite)
+        made = not os.path.exists(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        try:
+            with RunLock(out_dir), deterministic(opts.deterministic):
+                if opts.overwrite and not opts.resume:
+                    remove_run_files(out_dir)
+                ctx.barrier()
+                return _train_one(cfg, data, opts, out_dir, log, ctx)
+        except BaseException:
+            if made:
+                _remove_empty_folders(out_dir)
+            raise
     check_output(out_dir, opts.resume, opts.overwrite)
     if opts.data_fingerprint is None:
         opts = replace(opts, data_fingerprint=data_fingerprint(data))

@@ -36,6 +36,7 @@ class TrainOptions:
     cuda_graphs: bool = True  # on CUDA: replay the training step and inference from CUDA graphs
     device_data: str = "auto"  # auto | on | off: the training features held on the device (data.device)
     devices: Optional[str] = None  # seeds in parallel, one process per device (training.parallel)
+    world_size: int = 1  # data-parallel ranks of the run (set under torchrun; a resume must keep it)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical reruns on CUDA
     stop_after_epoch: Optional[int] = None  # for tests: simulate an interruption after this epoch
     overwrite: bool = False  # replace a run already in the output folder (else refused without resume)

@@ -75,3 +75,18 @@ def test_speakers_and_labels_are_checked(tmp_path):
     m.check_speakers(3)
     with pytest.raises(ManifestError, match="row 2: unknown label 'joy'"):
         m.labels(["ang", "sad"])
+
+
+def test_unlabelled_utterances_are_predicted_not_trained_on():
+    import numpy as np
+
+    from cmath_fast.data.dataset import DataError, Dialogue, MERData
+    z = np.zeros((2, 3), dtype=np.float32)
+    d = {"a": Dialogue("a", z, z, z, np.array([0, 1]), np.array([0, -1])),
+         "b": Dialogue("b", z, z, z, np.array([0, 1]), np.array([-1, -1]))}
+    data = MERData(dialogues=d, splits={"train": ["a"], "test": ["b"]}, class_names=("x", "y"), num_speakers=2)
+    data.validate()  # -1: unlabelled, a valid file
+    with pytest.raises(DataError, match="the train split has 1 unlabelled utterance"):
+        data.check_trainable()
+    data.splits = {"train": [], "test": ["a", "b"]}
+    assert "unlabelled 3" in data.summary()[-2]
