@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the GPU numbers in one command: bash bench/reproduce.sh [quick|full|tune] [OUT_DIR]
 #
-# quick (fits in about 8 minutes on an H100/H200, compiles included): the GPU tests, the first-step
+# quick (at most 330 s of stage timeouts, compiles included, so that with the self-test and a profile
+# it fits one device call: bench/device_session.sh): the GPU tests, the first-step
 # JIT time per preset, one CMA layer's attention at R1-d1024 by every provider, the iemocap
 # training step and inference under bf16 autocast (eager, torch.compile reduce-overhead, ours
 # stepped eagerly, ours replayed from CUDA graphs), an iemocap training epoch and evaluation
@@ -30,7 +31,7 @@ fi
 $py -m cmath_fast.cli env | tee "$out/env.txt"
 
 timeouts=""  # pytest-timeout, where installed, stops one stuck test instead of the whole run
-if [ "$mode" = quick ] && $py -c "import pytest_timeout" 2>/dev/null; then timeouts="--timeout 150"; fi
+if [ "$mode" = quick ] && $py -c "import pytest_timeout" 2>/dev/null; then timeouts="--timeout 60"; fi
 if [ "$mode" = tune ]; then
   export CMATH_FAST_AUTOTUNE=1 CMATH_FAST_AUTOTUNE_OUT="$out/autotune-rows.txt"
   $py -m pytest -q -p no:cacheprovider bench/test_attention.py -k "fwd+bwd and bf16 and triton" \
@@ -42,13 +43,14 @@ if [ "$mode" = tune ]; then
   sort -u "$out/autotune-rows.txt" 2>/dev/null
   exit 0
 elif [ "$mode" = quick ]; then
-  timeout 250 $py -m pytest -q -p no:cacheprovider $timeouts tests -m cuda 2>&1 | tee "$out/gpu-tests.log"
-  timeout 60 $py bench/first_step.py 2>&1 | tee "$out/first-step.txt"
-  timeout 80 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_attention.py \
+  # stage timeouts: 90 + 30 + 40 + 140 + 30 = 330 s; a stage cut short keeps what it wrote
+  timeout 90 $py -m pytest -q -p no:cacheprovider $timeouts tests -m cuda 2>&1 | tee "$out/gpu-tests.log"
+  timeout 30 $py bench/first_step.py 2>&1 | tee "$out/first-step.txt"
+  timeout 40 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_attention.py \
     -k "R1-d1024 and fwd+bwd and bf16" 2>&1 | tee "$out/bench.log"
-  timeout 200 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_model.py bench/test_epoch.py \
+  timeout 140 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_model.py bench/test_epoch.py \
     -m quick 2>&1 | tee -a "$out/bench.log"
-  timeout 60 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_unet.py -k "unets and not compile" \
+  timeout 30 $py -m pytest -q -p no:cacheprovider $timeouts bench/test_unet.py -k "unets and not compile" \
     2>&1 | tee -a "$out/bench.log"
 else
   $py -m pytest -q -p no:cacheprovider tests -m cuda 2>&1 | tee "$out/gpu-tests.log"
