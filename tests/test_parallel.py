@@ -92,3 +92,8 @@ def test_a_failing_run_does_not_lose_the_others(tmp_path, monkeypatch, capsys):
     assert "1 of 4 runs failed (lr=0.0005/seed1: RuntimeError: simulated failure)" in err
     assert len(open(os.path.join(out, "sweep.csv")).read().splitlines()) == 2  # the finished cell
     assert os.path.isfile(os.path.join(out, "lr=0.0005", "seed0", "metrics.json"))
+
+
+def test_sweep_refuses_ddp(tmp_path, capsys):
+    assert main(["sweep", "--grid", "lr=1e-3", "--ddp", "2", "--out", str(tmp_path / "s")]) == 2
+    assert "a sweep runs its cells over --devices" in capsys.readouterr().err

@@ -148,6 +148,8 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     import os
     from ..training.sweep import sweep
+    if args.ddp:
+        raise CLIError("--ddp trains one run data-parallel: a sweep runs its cells over --devices instead")
     data, cfg, opts, notes = _run_setup(args)
     for note in data.notes + notes:
         print(f"note: {note}")
