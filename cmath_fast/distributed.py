@@ -41,6 +41,14 @@ class DistContext:
         import torch.distributed as dist
         dist.barrier()
 
+    def close(self) -> None:
+        """The ranks meet, then the process group is torn down (left to process exit, gloo's
+        threads can abort it)."""
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over the ranks, in place (a CPU tensor under gloo, a device one under NCCL)."""
         import torch.distributed as dist

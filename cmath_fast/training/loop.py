@@ -474,7 +474,9 @@ def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, see
         if not ctx.is_main:
             ctx.barrier()  # rank 0 checks the folder and takes its lock first
             with deterministic(opts.deterministic):
-                return _train_one(cfg, data, opts, out_dir, lambda *a, **k: None, ctx)
+                result = _train_one(cfg, data, opts, out_dir, lambda *a, **k: None, ctx)
+            ctx.close()
+            return result
         check_output(out_dir, opts.resume, opts.overwrite)
         made = not os.path.exists(out_dir)
         os.makedirs(out_dir, exist_ok=True)
@@ -483,7 +485,9 @@ def train(cfg: CMATHConfig, data: MERData, opts: TrainOptions, out_dir: str, see
                 if opts.overwrite and not opts.resume:
                     remove_run_files(out_dir)
                 ctx.barrier()
-                return _train_one(cfg, data, opts, out_dir, log, ctx)
+                result = _train_one(cfg, data, opts, out_dir, log, ctx)
+            ctx.close()
+            return result
         except BaseException:
             if made:
                 _remove_empty_folders(out_dir)
