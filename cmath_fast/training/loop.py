@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from ..config import CONFIG_SCHEMA_VERSION, CMATHConfig
-from ..data.dataset import MERData, data_fingerprint, feature_stats, num_batches
-from ..data.dataset import batch_indices
+from ..data.dataset import MERData, batch_indices, data_fingerprint, feature_stats, num_batches
 from ..data.device import DeviceDialogues, StagedDialogues, keep_on_device
 from ..distributed import from_env, loss_scales, share, unwrap
 from ..graphs import GraphedPredictor, GraphedTrainer, capture_blockers
